@@ -1,0 +1,34 @@
+"""dva: diffusion visual attribution for medical images.
+
+The public API for plugin authors: the ``hookimpl`` marker, the spec classes a plugin registers,
+and the errors that reach users as one clear sentence. Importing this module does not import torch.
+"""
+
+from dva.core.errors import ConfigError, DvaError, InputError, PluginError
+from dva.core.hookspecs import hookimpl
+from dva.core.specs import (
+    ComponentSpec,
+    EncoderSpec,
+    FinetunerSpec,
+    MetricSpec,
+    ModalitySpec,
+    Option,
+    PriorSpec,
+    SchedulerSpec,
+)
+
+__all__ = [
+    "ComponentSpec",
+    "ConfigError",
+    "DvaError",
+    "EncoderSpec",
+    "FinetunerSpec",
+    "InputError",
+    "MetricSpec",
+    "ModalitySpec",
+    "Option",
+    "PluginError",
+    "PriorSpec",
+    "SchedulerSpec",
+    "hookimpl",
+]

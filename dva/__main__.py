@@ -1,0 +1,3 @@
+from dva.cli import main
+
+main()

@@ -1,0 +1,87 @@
+"""The ``dva`` command line: thin click commands over dva.core, rendered with rich.
+
+Subcommands are imported only when invoked, so ``dva --help`` and ``dva plugins`` never import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from dva.core.errors import DvaError
+
+SUBCOMMANDS = {
+    "run": ("dva.cli.run", "run"),
+    "plugins": ("dva.cli.plugins", "plugins"),
+    "registry": ("dva.cli.registry", "registry"),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose built-in subcommands are imported on use; plugins add theirs via ``register_commands``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*SUBCOMMANDS, *super().list_commands(ctx)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in SUBCOMMANDS:
+            module, attribute = SUBCOMMANDS[name]
+            return getattr(importlib.import_module(module), attribute)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
+@click.version_option(package_name="dva")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """dva: healthy counterfactuals and visual attribution maps with latent diffusion."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+def _add_plugin_commands() -> None:
+    from dva.core.plugins import get_catalogue
+
+    catalogue = get_catalogue()
+    if catalogue.manager is not None:
+        catalogue.manager.hook.register_commands(cli=cli)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: one clear sentence per error, exit 2 for usage/config, 1 for failed inputs."""
+    from rich.console import Console
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    console = Console(stderr=True)
+    try:
+        _add_plugin_commands()
+        code: Any = cli.main(args=args, prog_name="dva", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.Abort:
+        console.print("[red]Interrupted.[/] Rerun the same command to resume; completed images are kept.")
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except DvaError as error:
+        if debug:
+            console.print_exception()
+        console.print(f"[bold red]Error:[/] {error}", highlight=False)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        console.print("[red]Interrupted.[/] Rerun the same command to resume; completed images are kept.")
+        sys.exit(130)
+    except Exception as error:  # an unexpected bug: still one sentence unless --debug
+        if debug:
+            raise
+        console.print(
+            f"[bold red]Unexpected error:[/] {type(error).__name__}: {error}. Rerun with --debug for the traceback "
+            "and report it.",
+            highlight=False,
+        )
+        sys.exit(3)

@@ -1,0 +1,77 @@
+"""``dva registry show|validate``: explain and check registry entries."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from dva.core.errors import ConfigError
+
+REGISTRY_OPTION = click.option(
+    "--registry",
+    "registries",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A registry file of your own (repeatable); its entries add to or override the built-in ones.",
+)
+
+
+@click.group()
+def registry() -> None:
+    """Show and validate named recipes from registry.toml."""
+
+
+@registry.command()
+@click.argument("name", required=False)
+@REGISTRY_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(name: str | None, registries: tuple[str, ...], as_json: bool) -> int:
+    """Print the resolved recipe of entry NAME, or list all entries."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dva.core.plugins import get_catalogue
+    from dva.core.registry import load_entries, resolve
+
+    entries = load_entries(registries)
+    if name is None:
+        if as_json:
+            click.echo(json.dumps({n: e.values for n, e in entries.items()}, indent=2))
+            return 0
+        table = Table(title="registry entries", title_justify="left")
+        table.add_column("entry")
+        table.add_column("description")
+        table.add_column("source")
+        for entry in entries.values():
+            table.add_row(entry.name, str(entry.values.get("description", "")), entry.source)
+        Console().print(table)
+        return 0
+    recipe = resolve(entries, get_catalogue(), name).to_dict()
+    if as_json:
+        click.echo(json.dumps(recipe, indent=2))
+        return 0
+    table = Table(title=f"entry '{name}' ({entries[name].source})", title_justify="left")
+    table.add_column("key")
+    table.add_column("value")
+    for key, value in recipe.items():
+        table.add_row(key, "(model's own)" if value is None and key in ("encoder", "scheduler") else str(value))
+    Console().print(table)
+    return 0
+
+
+@registry.command()
+@REGISTRY_OPTION
+def validate(registries: tuple[str, ...]) -> int:
+    """Check every entry: component names against the registered plugins, and value types."""
+    from dva.core.plugins import get_catalogue
+    from dva.core.registry import load_entries, validate as check
+
+    entries = load_entries(registries)
+    problems = check(entries, get_catalogue())
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        raise ConfigError(f"{len(problems)} of {len(entries)} registry entries are invalid.")
+    click.echo(f"All {len(entries)} registry entries are valid.")
+    return 0

@@ -1,0 +1,115 @@
+"""``dva run``: healthy counterfactuals and attribution maps for images, folders and DICOM files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dva.core.errors import ConfigError
+
+
+def _prior_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs; values are read as TOML scalars (``0.5``, ``true``, ``150``), else as text."""
+    from dva.core.registry import tomllib
+
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--prior-option {pair}: expected KEY=VALUE, e.g. --prior-option low_threshold=50.")
+        try:
+            options[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--entry", default="default", show_default=True, help="Registry entry to start from.")
+@click.option("--registry", "registries", multiple=True, type=click.Path(dir_okay=False), help="Extra registry file.")
+@click.option("--model", help="Stable Diffusion folder or hub id, or a dva model folder.")
+@click.option("--encoder", help="Text encoder (radbert, biobert, pubmedclip, clip, ...); default: the model's own.")
+@click.option("--encoder-path", help="Load the encoder from this folder (or hub id) instead of its default.")
+@click.option("--prior", help="Image prior (sdedit, controlnet-canny, ...).")
+@click.option("--prior-option", "prior_option", multiple=True, metavar="KEY=VALUE", help="A prior option, repeatable.")
+@click.option("--scheduler", help="Scheduler (pndm, ddim, dpm-solver++, euler, unipc); default: the model's own.")
+@click.option("--prompt", help="Text the counterfactual is steered to (default: the modality's healthy prompt).")
+@click.option("--negative-prompt", help="Text steered away from.")
+@click.option("--steps", type=int, help="Scheduler steps; img2img runs int(steps * strength) of them.")
+@click.option("--strength", type=float, help="SDEdit strength in [0, 1]: how far the input is noised.")
+@click.option("--guidance-scale", type=float, help="Classifier-free guidance scale.")
+@click.option("--seed", type=int, help="Seed of each image's own generator.")
+@click.option("--batch-size", type=int, help="Images per batch (results do not depend on it).")
+@click.option("--mask", type=click.Path(), help="Mask image, or a folder of masks matched to inputs by file stem.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute precision.")
+@click.option("--out", default="dva-out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+def run(inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: str | None, out: str,
+        prior_option: tuple[str, ...], **flags: Any) -> int:
+    """Make the healthy counterfactual and attribution map of each input (files or folders)."""
+    from rich.console import Console
+
+    from dva.core.plugins import get_catalogue
+    from dva.core.registry import load_entries, resolve
+
+    console = Console(stderr=True)
+    catalogue = get_catalogue()
+    overrides = dict(flags)
+    if prior_option:
+        overrides["prior_options"] = _prior_options(prior_option)
+    recipe = resolve(load_entries(registries), catalogue, entry, overrides)
+    return _execute(recipe, list(inputs), Path(out), mask, catalogue, console)
+
+
+def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalogue: Any, console: Any) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from dva.core.run import run as run_images
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+    )
+    task: dict[str, Any] = {}
+
+    def on_loaded(runtime: Any) -> None:
+        note = runtime.source.dva.get("note")
+        if note:
+            console.print(f"[bold yellow]Note:[/] {note}", highlight=False)
+        console.print(
+            f"model {runtime.source.location} · encoder {runtime.encoder.name} · prior {recipe.prior} "
+            f"(strength {recipe.prior_options.get('strength')}) · {runtime.unet_calls()} denoising steps of "
+            f"{recipe.steps} · {runtime.device} {str(runtime.dtype).removeprefix('torch.')}",
+            highlight=False,
+        )
+
+    def on_start(total: int) -> None:
+        progress.start()
+        task["id"] = progress.add_task("images", total=total)
+
+    def on_image(job: Any) -> None:
+        if job.status == "failed":
+            progress.console.print(f"[red]skipped[/] {job.error}", highlight=False)
+        progress.advance(task["id"])
+
+    try:
+        result = run_images(recipe, inputs, out, catalogue, mask, on_start, on_image, on_loaded)
+    finally:
+        progress.stop()
+    _summary(console, result)
+    return result.exit_code
+
+
+def _summary(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="dva run", title_justify="left")
+    table.add_column("images")
+    table.add_column("count", justify="right")
+    for status, label in (("done", "generated"), ("skipped", "already complete (resumed)"), ("failed", "failed")):
+        table.add_row(label, str(result.count(status)))
+    console.print(table)
+    console.print(f"outputs: {result.out}  ·  report: {result.report}  ·  manifest: {result.out / 'manifest.json'}")

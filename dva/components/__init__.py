@@ -1,0 +1,1 @@
+"""Torch-side implementations of the built-in components (imported only when used)."""

@@ -1,0 +1,1 @@
+"""dva's core runtime: nothing component-specific lives here."""

@@ -1,0 +1,71 @@
+"""Run manifests: versions, resolved recipe, seeds, input hashes and per-image status.
+
+Each image's outputs end with ``record.json`` (written last, atomically); the run's
+``manifest.json`` gathers them. A rerun into the same folder skips an image whose record matches
+its input hash and the recipe fingerprint and whose files are all present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dva.core.io import atomic_write_text
+
+RECORD = "record.json"
+MANIFEST = "manifest.json"
+# Settings that change no pixel of an image's outputs, so a rerun may differ in them and still resume.
+NOT_IN_FINGERPRINT = ("batch_size", "entry", "description")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("dva", "torch", "diffusers", "transformers", "numpy", "pillow", "pydicom", "opencv-python-headless"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def fingerprint(recipe: dict[str, Any], extra: dict[str, Any]) -> str:
+    """A hash of everything that determines an image's outputs."""
+    relevant = {k: v for k, v in recipe.items() if k not in NOT_IN_FINGERPRINT}
+    text = json.dumps({"recipe": relevant, **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_complete(folder: Path, sha256: str, recipe_fingerprint: str) -> dict[str, Any] | None:
+    """The record of an image already done with this input and recipe, else None."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("sha256") != sha256 or record.get("fingerprint") != recipe_fingerprint:
+        return None
+    if not all((folder / name).is_file() for name in record.get("files", [])):
+        return None
+    return record
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    atomic_write_text(folder / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def write_manifest(out: Path, header: dict[str, Any], images: list[dict[str, Any]]) -> None:
+    counts: dict[str, int] = {}
+    for image in images:
+        counts[image["status"]] = counts.get(image["status"], 0) + 1
+    manifest = {
+        **header,
+        "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "counts": counts,
+        "images": images,
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")

@@ -1,0 +1,83 @@
+"""Model sources: a diffusers Stable Diffusion folder or hub id, or a dva model folder.
+
+A **dva model folder** is the diffusers layout (``unet/``, ``vae/``, ``scheduler/``) plus the text
+encoder and tokenizer of whatever family was used (``text_encoder/``, ``tokenizer/``), the
+projection to the UNet's width if any (``projection/``), and ``dva.json`` saying which encoder,
+modality and prompts it was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dva.core.errors import ConfigError
+from dva.core.io import atomic_write_text
+
+DVA_JSON = "dva.json"
+REQUIRED_PARTS = ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the diffusion model comes from, and what its dva.json (if any) says."""
+
+    location: str
+    is_local: bool
+    dva: dict[str, Any] = field(default_factory=dict)
+    has_text_encoder: bool = True
+
+    @property
+    def is_dva_folder(self) -> bool:
+        return bool(self.dva)
+
+    @property
+    def has_projection(self) -> bool:
+        return self.is_local and (Path(self.location) / "projection" / "config.json").is_file()
+
+
+def inspect_model(location: str | None) -> ModelSource:
+    """Check that ``location`` is a usable model folder (or plausible hub id) before loading anything."""
+    if not location:
+        raise ConfigError(
+            "No model given: pass --model with a Stable Diffusion folder, a hub id such as "
+            "CompVis/stable-diffusion-v1-4, or a dva model folder."
+        )
+    path = Path(location).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"--model {location}: is a file; pass the model folder (with unet/, vae/, scheduler/).")
+        missing = [part for part in REQUIRED_PARTS if not (path / part).is_file()]
+        if missing:
+            raise ConfigError(
+                f"Model folder {location} lacks {', '.join(missing)}; pass a diffusers Stable Diffusion "
+                "folder or a dva model folder."
+            )
+        dva = read_dva_json(path)
+        return ModelSource(str(path), True, dva, (path / "text_encoder" / "config.json").is_file())
+    if HUB_ID.match(location) and not location.startswith((".", "/", "~")):
+        return ModelSource(location, False)
+    raise ConfigError(f"--model {location}: no such folder, and not a hub id (organisation/name); check the path.")
+
+
+def read_dva_json(folder: Path) -> dict[str, Any]:
+    file = folder / DVA_JSON
+    if not file.is_file():
+        return {}
+    try:
+        data = json.loads(file.read_text())
+    except ValueError as error:
+        raise ConfigError(f"{file}: not valid JSON ({error}); restore it from the model's source.") from error
+    if not isinstance(data, dict) or "encoder" not in data:
+        raise ConfigError(f"{file}: must be a JSON object naming at least its 'encoder'.")
+    return data
+
+
+def write_dva_json(folder: str | Path, **fields: Any) -> None:
+    """Write ``dva.json`` (format version 1) into a model folder."""
+    data = {"format": "dva-model", "format_version": 1, **fields}
+    atomic_write_text(Path(folder) / DVA_JSON, json.dumps(data, indent=2, sort_keys=True) + "\n")

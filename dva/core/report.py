@@ -1,0 +1,68 @@
+"""A self-contained HTML report: one row per image (input, counterfactual, map, overlay) and the settings."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from dva.core.io import atomic_write_text
+
+MAX_ROWS = 200
+THUMBNAIL = 256
+COLUMNS = ("input.png", "counterfactual.png", "attribution.png", "overlay.png", "condition.png")
+
+
+def _thumbnail(path: Path) -> str:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.thumbnail((THUMBNAIL, THUMBNAIL))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def write_report(out: Path, header: dict[str, Any], images: list[dict[str, Any]]) -> Path:
+    """Write ``out/report.html`` for the completed images (first ``MAX_ROWS``)."""
+    shown = [image for image in images if image["status"] in ("done", "skipped")][:MAX_ROWS]
+    columns = [c for c in COLUMNS if any((out / i["output"] / c).is_file() for i in shown)]
+    rows = []
+    for image in shown:
+        folder = out / image["output"]
+        cells = "".join(
+            f'<td><img src="{_thumbnail(folder / c)}" alt="{c}"></td>' if (folder / c).is_file() else "<td></td>"
+            for c in columns
+        )
+        rows.append(f"<tr><th>{html.escape(image['output'])}</th>{cells}</tr>")
+    failed = [i for i in images if i["status"] == "failed"]
+    failures = "".join(f"<li>{html.escape(str(i.get('error')))}</li>" for i in failed)
+    more = len([i for i in images if i["status"] in ("done", "skipped")]) - len(shown)
+    settings = html.escape(json.dumps(header.get("recipe", {}), indent=2, default=str))
+    note = html.escape(header.get("model_note") or "")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>dva run report</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em;background:#111;color:#eee}}
+table{{border-collapse:collapse}} td,th{{padding:4px;vertical-align:middle;text-align:center}}
+img{{width:{THUMBNAIL}px;image-rendering:auto;display:block}} pre{{background:#222;padding:1em}}
+.note{{color:#fb4;font-weight:bold}}
+</style></head><body>
+<h1>dva: healthy counterfactuals and attribution maps</h1>
+<p class="note">{note}</p>
+<p>Attribution = input &minus; counterfactual (brighter = larger change; signed values in
+<code>attribution.safetensors</code>). {header.get("unet_calls", "?")} denoising UNet calls per image.</p>
+<table><tr><th>image</th>{"".join(f"<th>{c[:-4]}</th>" for c in columns)}</tr>
+{"".join(rows)}
+</table>
+{f"<p>{more} more images are in the output folder.</p>" if more > 0 else ""}
+{f"<h2>Failed inputs</h2><ul>{failures}</ul>" if failed else ""}
+<h2>Settings</h2><pre>{settings}</pre>
+</body></html>
+"""
+    path = out / "report.html"
+    atomic_write_text(path, page)
+    return path

@@ -1,0 +1,246 @@
+"""``dva run``: inputs -> model images -> prior -> counterfactuals -> maps -> files, batch by batch.
+
+UI-agnostic: progress is reported through callbacks, errors per image are recorded and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dva.core import attribution, io, manifest
+from dva.core.errors import ConfigError, InputError
+from dva.core.registry import Recipe
+
+
+@dataclass
+class ImageJob:
+    """One input on its way through the run."""
+
+    path: Path
+    key: str
+    status: str = "pending"  # pending, done, skipped, failed
+    error: str | None = None
+    sha256: str | None = None
+    original_size: tuple[int, int] | None = None
+    padding: io.Padding | None = None
+    model_image: np.ndarray | None = None
+    model_mask: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    mask_path: Path | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "input": str(self.path),
+            "output": self.key,
+            "status": self.status,
+            "error": self.error,
+            "sha256": self.sha256,
+            "original_size": list(self.original_size) if self.original_size else None,
+            "padding": vars(self.padding) if self.padding else None,
+            "mask": str(self.mask_path) if self.mask_path else None,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass
+class RunResult:
+    out: Path
+    jobs: list[ImageJob]
+    header: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+
+    def count(self, status: str) -> int:
+        return sum(job.status == status for job in self.jobs)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.count("failed") else 0
+
+
+def output_keys(paths: list[Path]) -> list[str]:
+    """Output folder names: the input's stem, made unique with a short path hash where stems collide."""
+    stems = [p.stem for p in paths]
+    return [
+        stem if stems.count(stem) == 1 else f"{stem}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
+        for stem, p in zip(stems, paths)
+    ]
+
+
+def find_mask(mask: str | None, image: Path) -> Path | None:
+    """A mask file for ``image``: the file itself, or the file of the same stem in a mask folder."""
+    if mask is None:
+        return None
+    location = Path(mask)
+    if location.is_file():
+        return location
+    if location.is_dir():
+        for candidate in sorted(location.iterdir()):
+            if candidate.stem == image.stem and candidate.suffix.lower() in io.SUPPORTED_EXTENSIONS:
+                return candidate
+        return None
+    raise ConfigError(f"--mask {mask}: no such file or folder; pass a mask image or a folder of masks named like the inputs.")
+
+
+def prepare(job: ImageJob, resolution: int, mask: str | None) -> None:
+    """Read, hash and fit one input (and its mask) to the model; raises InputError."""
+    scan = io.read_scan(job.path)
+    job.sha256 = scan.sha256
+    job.original_size = scan.size
+    job.model_image, job.padding = io.to_model_input(scan.pixels, resolution)
+    job.mask_path = find_mask(mask, job.path)
+    if job.mask_path is not None:
+        job.mask = io.read_mask(job.mask_path, scan.size)
+        job.model_mask = io.to_model_input(job.mask.astype(np.float32), resolution, nearest=True)[0] > 0.5
+
+
+def write_outputs(
+    folder: Path, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None
+) -> list[str]:
+    """Write every output of one image; returns the file names (relative to ``folder``)."""
+    from safetensors.numpy import save as save_tensors
+
+    gray_cf = counterfactual.mean(axis=-1)
+    signed = attribution.attribution_map(job.model_image, gray_cf, job.model_mask)
+    scale = attribution.map_scale(signed, job.model_mask)
+    full_input = io.to_original(job.model_image, job.padding, job.original_size)
+    full_cf = np.clip(io.to_original(counterfactual, job.padding, job.original_size), 0.0, 1.0)
+    full_signed = attribution.attribution_map(full_input, full_cf.mean(axis=-1), job.mask)
+    files: dict[str, np.ndarray] = {
+        "input.png": job.model_image,
+        "counterfactual.png": counterfactual,
+        "attribution.png": attribution.heatmap(signed, scale),
+        "overlay.png": attribution.overlay(job.model_image, signed, scale),
+        "fullsize/counterfactual.png": full_cf,
+        "fullsize/attribution.png": attribution.heatmap(full_signed, scale),
+        "fullsize/overlay.png": attribution.overlay(full_input, full_signed, scale),
+    }
+    if condition is not None:
+        files["condition.png"] = condition
+    for name, array in files.items():
+        io.atomic_write_png(folder / name, array)
+    tensors = {"attribution": signed, "attribution_fullsize": full_signed.astype(np.float32)}
+    if job.model_mask is not None:
+        tensors["mask"] = job.model_mask.astype(np.uint8)
+    metadata = {"definition": "input - counterfactual (grayscale, [0,1])", "heatmap_scale": f"{scale:.6g}"}
+    io.atomic_write_bytes(folder / "attribution.safetensors", save_tensors(tensors, metadata=metadata))
+    return [*files, "attribution.safetensors"]
+
+
+def run(
+    recipe: Recipe,
+    inputs: list[str],
+    out: Path,
+    catalogue: Any,
+    mask: str | None = None,
+    on_start: Callable[[int], None] = lambda total: None,
+    on_image: Callable[[ImageJob], None] = lambda job: None,
+    on_loaded: Callable[[Any], None] = lambda runtime: None,
+) -> RunResult:
+    """Generate counterfactuals and maps for every input into ``out``; resumes what is complete."""
+    import torch
+
+    from dva.core.runtime import assemble
+
+    files, missing = io.collect_inputs(inputs)
+    if not files and not missing:
+        raise ConfigError("No inputs given; pass image files, DICOM files or folders.")
+    if mask is not None and not Path(mask).exists():
+        find_mask(mask, Path("x"))  # raises the clear error before any model is loaded
+    jobs = [ImageJob(path, key) for path, key in zip(files, output_keys(files))]
+    failed_paths = [ImageJob(path, path.name, "failed", message) for path, message in missing]
+    runtime = assemble(recipe, catalogue)
+    on_loaded(runtime)
+    out.mkdir(parents=True, exist_ok=True)
+    positive, negative = runtime.prompt_embeddings()
+    recipe_dict = recipe.to_dict()
+    header = {
+        "tool": "dva run",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": manifest.versions(),
+        "recipe": recipe_dict,
+        "model": {"location": runtime.source.location, "dva": runtime.source.dva},
+        "model_note": runtime.source.dva.get("note"),
+        "encoder": {
+            "name": runtime.encoder.name,
+            "family": runtime.encoder.family,
+            "projection": None if runtime.encoder.projection is None
+            else ("trained" if runtime.encoder.projection_trained else "UNTRAINED (random, seed 0)"),
+        },
+        "device": str(runtime.device),
+        "dtype": str(runtime.dtype).removeprefix("torch."),
+        "resolution": runtime.resolution,
+        "unet_calls": runtime.unet_calls(),
+        "seeds": {"per_image": recipe.seed, "generator": "torch.Generator('cpu').manual_seed(seed), one per image"},
+        "processes": 1,
+    }
+    recipe_fingerprint = manifest.fingerprint(recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type})
+    result = RunResult(out, failed_paths + jobs, header)
+    on_start(len(result.jobs))
+    for job in failed_paths:
+        on_image(job)
+
+    pending: list[ImageJob] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        started = time.perf_counter()
+        images = torch.from_numpy(np.stack([job.model_image for job in pending]))[:, None].repeat(1, 3, 1, 1)
+        conditions = runtime.prior.condition(np.stack([job.model_image for job in pending]))
+        condition_tensor = (
+            torch.from_numpy(conditions)[:, None].repeat(1, 3, 1, 1) if conditions is not None else None
+        )
+        generators = [torch.Generator("cpu").manual_seed(recipe.seed) for _ in pending]
+        counterfactuals = runtime.prior.generate(
+            images, positive, negative, generators, recipe.steps, recipe.guidance_scale, condition_tensor
+        )
+        counterfactuals = counterfactuals.permute(0, 2, 3, 1).numpy()
+        share = (time.perf_counter() - started) / len(pending)
+        for index, job in enumerate(pending):
+            folder = out / job.key
+            written = write_outputs(
+                folder, job, counterfactuals[index], conditions[index] if conditions is not None else None
+            )
+            job.seconds += share
+            job.status = "done"
+            record = {**job.summary(), "fingerprint": recipe_fingerprint, "files": written}
+            manifest.write_record(folder, record)
+            job.model_image = job.model_mask = job.mask = None
+            on_image(job)
+        pending.clear()
+        manifest.write_manifest(out, header, [j.summary() for j in result.jobs])
+
+    try:
+        for job in jobs:
+            started = time.perf_counter()
+            try:
+                prepare(job, runtime.resolution, mask)
+            except InputError as error:
+                job.status, job.error = "failed", str(error)
+                on_image(job)
+                continue
+            job.seconds = time.perf_counter() - started
+            if manifest.is_complete(out / job.key, job.sha256, recipe_fingerprint):
+                job.status = "skipped"
+                job.model_image = job.model_mask = job.mask = None
+                on_image(job)
+                continue
+            pending.append(job)
+            if len(pending) >= recipe.batch_size:
+                flush()
+        flush()
+    finally:
+        manifest.write_manifest(out, header, [j.summary() for j in result.jobs])
+    from dva.core.report import write_report
+
+    result.report = write_report(out, header, [j.summary() for j in result.jobs])
+    return result

@@ -1,0 +1,159 @@
+"""Device, dtype and assembly: turn a resolved recipe into loaded components.
+
+Everything component-specific is looked up through the catalogue; this module only wires the
+Stable Diffusion parts, the encoder (with its projection) and the prior together.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dva.core.errors import ConfigError
+from dva.core.model_folder import ModelSource, inspect_model
+from dva.core.registry import Recipe
+
+log = logging.getLogger("dva")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA, then Apple MPS, then CPU. An unavailable explicit choice is a ConfigError."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"--device {name}: not a device name; use auto, cpu, cuda, cuda:N or mps.") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is available here; use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: Apple MPS is not available here; use --device cpu.")
+    return device
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA GPUs that support it (else fp16), fp16 on MPS, fp32 on the CPU."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float16 if device.type == "mps" else torch.float32
+    if name == "float16" and device.type == "cpu":
+        raise ConfigError("--dtype float16 is not supported on the CPU; use float32 or bfloat16.")
+    return DTYPES[name]
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def load_diffusion_parts(source: ModelSource, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, dict]:
+    """UNet, VAE and the scheduler config of a model folder or hub id."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import DDIMScheduler
+
+    try:
+        unet = UNet2DConditionModel.from_pretrained(source.location, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(source.location, subfolder="vae", torch_dtype=dtype)
+        scheduler_config = DDIMScheduler.load_config(source.location, subfolder="scheduler")
+    except (OSError, ValueError, EnvironmentError) as error:
+        where = "folder" if source.is_local else "hub id"
+        raise ConfigError(
+            f"Cannot load the model {where} '{source.location}' ({_first_line(error)}); pass a complete local "
+            "Stable Diffusion folder with --model, or connect to the model hub."
+        ) from error
+    unet.to(device).eval().requires_grad_(False)
+    vae.to(device).eval().requires_grad_(False)
+    return unet, vae, dict(scheduler_config)
+
+
+def build_scheduler(recipe: Recipe, catalogue: Any, config: dict) -> Any:
+    """The recipe's scheduler built from the model's scheduler config, or the model's own one."""
+    import diffusers
+
+    if config.get("steps_offset", 1) != 1:
+        log.warning(
+            "The model's scheduler config has steps_offset %s (an old checkpoint); SD v1 uses 1, and "
+            "diffusers behaves differently with other values.", config.get("steps_offset")
+        )
+    if recipe.scheduler is None:
+        scheduler_class = getattr(diffusers, config.get("_class_name", ""), None)
+        if scheduler_class is None:
+            raise ConfigError(f"The model's scheduler {config.get('_class_name')!r} is unknown to diffusers; pass --scheduler.")
+        return scheduler_class.from_config(config)
+    spec = catalogue.get("scheduler", recipe.scheduler)
+    return spec.from_config(config, **recipe.scheduler_options)
+
+
+def load_encoder(recipe: Recipe, catalogue: Any, source: ModelSource, cross_attention_dim: int) -> Any:
+    """The text encoder: the model folder's own unless the recipe names another or a path."""
+    path = recipe.encoder_options.get("path")
+    max_length = recipe.encoder_options.get("max_length") or 77
+    trained = source.dva.get("encoder") if source.is_dva_folder else "clip"
+    name = recipe.encoder or trained
+    spec = catalogue.get("encoder", name)
+    kwargs: dict[str, Any] = {"max_length": max_length}
+    if path is not None:
+        kwargs.update(source=path)
+    elif name == trained and source.has_text_encoder:
+        kwargs.update(source=source.location, subfolder="text_encoder", tokenizer_subfolder="tokenizer")
+    elif source.is_dva_folder and name != trained:
+        raise ConfigError(
+            f"Model folder {source.location} was trained with encoder '{trained}', not '{name}'; drop --encoder, "
+            "or pass --encoder-path to load another encoder's weights."
+        )
+    else:
+        kwargs.update(source=spec.default_source)
+    if source.has_projection and name == trained:
+        kwargs["projection_source"] = f"{source.location}/projection"
+    encoder = spec.resolve().from_pretrained(spec, **kwargs)
+    encoder.fit_to(cross_attention_dim)
+    return encoder
+
+
+@dataclass
+class Runtime:
+    """Loaded components for one recipe, ready to generate."""
+
+    recipe: Recipe
+    source: ModelSource
+    device: torch.device
+    dtype: torch.dtype
+    encoder: Any
+    prior: Any
+    resolution: int
+
+    def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings ``(1, L, D)`` of the prompt and the negative prompt, computed once per run."""
+        embeddings = self.encoder.encode([self.recipe.prompt, self.recipe.negative_prompt or ""], self.device)
+        embeddings = embeddings.to(self.dtype)
+        return embeddings[:1], embeddings[1:]
+
+    def unet_calls(self) -> int:
+        return self.prior.unet_calls(self.recipe.steps)
+
+
+def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
+    """Load and wire every component the recipe names."""
+    from dva.components.priors import ModelParts
+
+    source = inspect_model(recipe.model)
+    device = pick_device(recipe.device)
+    dtype = pick_dtype(recipe.dtype, device)
+    prior = catalogue.get("prior", recipe.prior).create(**recipe.prior_options)
+    unet, vae, scheduler_config = load_diffusion_parts(source, device, dtype)
+    scheduler = build_scheduler(recipe, catalogue, scheduler_config)
+    encoder = load_encoder(recipe, catalogue, source, int(unet.config.cross_attention_dim))
+    encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    prior.load(ModelParts(unet, vae, scheduler, device, dtype))
+    resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    return Runtime(recipe, source, device, dtype, encoder, prior, resolution)

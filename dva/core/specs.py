@@ -1,0 +1,168 @@
+"""Component specs: what plugins register.
+
+A spec is a small frozen description of a component: its name, the import path of its
+implementation (imported only when the component is used, so ``dva --help`` and ``dva plugins``
+never import torch), its default pretrained source and the options it accepts. This mirrors
+diffusers' ``ComponentSpec`` split between ``load`` (pretrained weights) and ``create`` (random
+weights from a config, for tests and benchmarks).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from dva.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    """A typed option of a component, with bounds checked before anything is loaded."""
+
+    type: type
+    default: Any = None
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def check(self, value: Any, where: str) -> Any:
+        """Return ``value`` converted to this option's type, or raise a ConfigError naming ``where``."""
+        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, self.type) or (self.type is not bool and isinstance(value, bool)):
+            raise ConfigError(
+                f"{where} must be of type {self.type.__name__}, not {type(value).__name__} ({value!r})."
+            )
+        if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{where} is {value}, but must be between {self.minimum} and {self.maximum}.")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{where} is {value!r}, but must be one of: {', '.join(self.choices)}.")
+        return value
+
+
+def import_object(path: str) -> Any:
+    """Import ``"package.module:attribute"``."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute) if attribute else module
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"Cannot import '{path}' ({error}); reinstall the plugin that provides it.") from error
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Common part of every spec: a name, a lazily imported implementation and its options."""
+
+    kind: ClassVar[str] = "component"
+
+    name: str
+    implementation: str
+    description: str = ""
+    options: dict[str, Option] = field(default_factory=dict)
+
+    def resolve(self) -> Any:
+        """The implementation object (class or function), imported now."""
+        return import_object(self.implementation)
+
+    def check_options(
+        self, values: dict[str, Any], where: str, option_where: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Validate ``values`` against this spec's options and fill in defaults.
+
+        ``option_where`` names where an option was set (a CLI flag) for the error message.
+        """
+        option_where = option_where or {}
+        unknown = sorted(set(values) - set(self.options))
+        if unknown:
+            known = ", ".join(sorted(self.options)) or "none"
+            raise ConfigError(f"{where}: {self.kind} '{self.name}' has no option '{unknown[0]}' (options: {known}).")
+        checked = {key: option.default for key, option in self.options.items()}
+        for key, value in values.items():
+            checked[key] = self.options[key].check(value, option_where.get(key, f"{where}, option '{key}'"))
+        return checked
+
+
+@dataclass(frozen=True)
+class EncoderSpec(ComponentSpec):
+    """A text encoder family member: a hub id (or folder) plus its family's loader.
+
+    ``family`` names the tokenizer/model pair ("bert", "clip"); ``hidden_size`` is the width of
+    its hidden states, compared with the UNet's cross-attention width to decide on a projection.
+    """
+
+    kind: ClassVar[str] = "encoder"
+
+    family: str = "bert"
+    default_source: str | None = None
+    hidden_size: int | None = None
+    max_length: int = 77
+    tiny_config: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, source: str | None = None, **kwargs: Any) -> Any:
+        """Load pretrained weights from ``source`` (hub id or folder), default ``default_source``."""
+        return self.resolve().from_pretrained(self, source or self.default_source, **kwargs)
+
+    def create(self, **kwargs: Any) -> Any:
+        """Build with random weights from ``tiny_config`` (updated by ``kwargs``)."""
+        return self.resolve().from_config(self, {**self.tiny_config, **kwargs})
+
+
+@dataclass(frozen=True)
+class PriorSpec(ComponentSpec):
+    """An image prior: how the input image steers the generation (SDEdit, ControlNet, ...)."""
+
+    kind: ClassVar[str] = "prior"
+
+    def create(self, **options: Any) -> Any:
+        """The prior object for these (already checked) options."""
+        return self.resolve()(**options)
+
+
+@dataclass(frozen=True)
+class SchedulerSpec(ComponentSpec):
+    """A diffusers scheduler class, swapped in with ``from_config`` and optional config overrides."""
+
+    kind: ClassVar[str] = "scheduler"
+
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def from_config(self, config: Any, **overrides: Any) -> Any:
+        """A scheduler of this kind built from another scheduler's config."""
+        return self.resolve().from_config(config, **{**self.config_overrides, **overrides})
+
+
+@dataclass(frozen=True)
+class FinetunerSpec(ComponentSpec):
+    """A fine-tuning strategy (DreamBooth, textual inversion, LoRA, ...)."""
+
+    kind: ClassVar[str] = "finetuner"
+
+
+@dataclass(frozen=True)
+class MetricSpec(ComponentSpec):
+    """An evaluation metric (FID, SSIM, localisation, ...)."""
+
+    kind: ClassVar[str] = "metric"
+
+
+@dataclass(frozen=True)
+class ModalitySpec(ComponentSpec):
+    """An imaging modality: how its files are read and what a healthy prompt says."""
+
+    kind: ClassVar[str] = "modality"
+
+    healthy_prompt: str = ""
+    extensions: tuple[str, ...] = ()
+
+
+SPEC_KINDS: dict[str, type[ComponentSpec]] = {
+    "encoder": EncoderSpec,
+    "prior": PriorSpec,
+    "scheduler": SchedulerSpec,
+    "finetuner": FinetunerSpec,
+    "metric": MetricSpec,
+    "modality": ModalitySpec,
+}

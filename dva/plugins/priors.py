@@ -1,0 +1,35 @@
+"""Built-in image priors: SDEdit img2img and ControlNet on Canny edges of the input."""
+
+from __future__ import annotations
+
+from dva.core.hookspecs import hookimpl
+from dva.core.specs import Option, PriorSpec
+
+STRENGTH = Option(float, 0.85, "fraction of the noise schedule the input is noised to (SDEdit t0/T)", 0.0, 1.0)
+
+BUILTIN_PRIORS = (
+    PriorSpec(
+        name="sdedit",
+        implementation="dva.components.priors:SDEditPrior",
+        description="SDEdit: noise the input's latent to strength*T, denoise with the prompt",
+        options={"strength": STRENGTH},
+    ),
+    PriorSpec(
+        name="controlnet-canny",
+        implementation="dva.components.priors:ControlNetCannyPrior",
+        description="SDEdit plus a ControlNet on the input's Canny edges (keeps ribs, frame, heart outline)",
+        options={
+            "strength": STRENGTH,
+            "controlnet": Option(str, "lllyasviel/sd-controlnet-canny", "ControlNet hub id or local folder"),
+            "low_threshold": Option(int, 100, "Canny lower hysteresis threshold (0-255 scale)", 0, 1000),
+            "high_threshold": Option(int, 200, "Canny upper hysteresis threshold (0-255 scale)", 0, 1000),
+            "conditioning_scale": Option(float, 1.0, "weight of the ControlNet residuals", 0.0, 5.0),
+        },
+    ),
+)
+
+
+@hookimpl
+def register_priors(register):
+    for spec in BUILTIN_PRIORS:
+        register(spec)
