@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         code: Any = cli.main(args=args, prog_name="dva", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Abort:
-        console.print("[red]Interrupted.[/] Rerun the same command to resume; completed images are kept.")
+        console.print("[red]Interrupted.[/] Rerun the same command to resume; completed images are kept.", soft_wrap=True)
         sys.exit(130)
     except click.ClickException as error:
         error.show()
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     except DvaError as error:
         if debug:
             console.print_exception()
-        console.print(f"[bold red]Error:[/] {error}", highlight=False)
+        console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
-        console.print("[red]Interrupted.[/] Rerun the same command to resume; completed images are kept.")
+        console.print("[red]Interrupted.[/] Rerun the same command to resume; completed images are kept.", soft_wrap=True)
         sys.exit(130)
     except Exception as error:  # an unexpected bug: still one sentence unless --debug
         if debug:
@@ -83,5 +83,6 @@ def main(argv: list[str] | None = None) -> None:
             f"[bold red]Unexpected error:[/] {type(error).__name__}: {error}. Rerun with --debug for the traceback "
             "and report it.",
             highlight=False,
+            soft_wrap=True,
         )
         sys.exit(3)

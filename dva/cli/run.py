@@ -92,7 +92,7 @@ def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalo
 
     def on_image(job: Any) -> None:
         if job.status == "failed":
-            progress.console.print(f"[red]skipped[/] {job.error}", highlight=False)
+            progress.console.print(f"[red]skipped[/] {job.error}", highlight=False, soft_wrap=True)
         progress.advance(task["id"])
 
     try:

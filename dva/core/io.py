@@ -7,8 +7,9 @@ so a batch can report it and go on with the rest.
 from __future__ import annotations
 
 import hashlib
+import io as _io
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -61,20 +62,39 @@ def file_sha256(path: Path) -> str:
 def collect_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders (recursively) into input files; missing paths are returned as errors."""
     files: list[Path] = []
-    missing: list[tuple[Path, str]] = []
+    missing: dict[Path, str] = {}
     for raw in paths:
         path = Path(raw)
+        if path in missing:
+            continue
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
             if not found:
-                missing.append((path, f"{path}: folder holds no PNG, JPEG, TIFF, BMP or DICOM files."))
+                missing[path] = f"{path}: folder holds no PNG, JPEG, TIFF, BMP or DICOM files."
             files.extend(found)
         elif path.is_file():
             files.append(path)
         else:
-            missing.append((path, f"{path}: no such file or folder; check the path."))
+            missing[path] = f"{path}: no such file or folder; check the path."
     unique = list(dict.fromkeys(p.resolve() for p in files))
-    return unique, missing
+    return unique, list(missing.items())
+
+
+def _reason(error: BaseException) -> str:
+    """The gist of a library's error as a clause for one sentence: its first line, first sentence, no end stop."""
+    text = str(error).strip()
+    text = text.splitlines()[0].strip() if text else ""
+    text = text.split(". ")[0].strip().rstrip(".")
+    if len(text) > 120:
+        text = text[:117].rstrip() + "..."
+    return text or type(error).__name__
+
+
+def _too_large(path: Path, width: int, height: int) -> InputError:
+    return InputError(
+        f"{path}: the image is {width}x{height} pixels, too large to be a scan (over {MAX_PIXELS:,} pixels, "
+        "a possible decompression bomb); downscale it first."
+    )
 
 
 def read_scan(path: str | Path) -> Scan:
@@ -83,31 +103,41 @@ def read_scan(path: str | Path) -> Scan:
     try:
         data = path.read_bytes()
     except OSError as error:
-        raise InputError(f"{path}: cannot be read ({error.strerror}); check the path and permissions.") from error
+        raise InputError(
+            f"{path}: cannot be read ({error.strerror or _reason(error)}); check the path and permissions."
+        ) from error
     if not data:
         raise InputError(f"{path}: the file is empty; replace it or remove it from the inputs.")
     sha = hashlib.sha256(data).hexdigest()
+    # Decode the very bytes that were hashed, so the hash always describes the pixels.
     if path.suffix.lower() in DICOM_EXTENSIONS or data[128:132] == b"DICM":
-        pixels, kind = _read_dicom(path), "dicom"
+        pixels, kind = _read_dicom(path, data), "dicom"
     else:
-        pixels, kind = _read_picture(path)
+        pixels, kind = _read_picture(path, data)
     height, width = pixels.shape
     if min(height, width) < MIN_SIDE:
         raise InputError(f"{path}: the image is {width}x{height} pixels; dva needs at least {MIN_SIDE} on each side.")
     return Scan(path, pixels, sha, kind)
 
 
-def _read_picture(path: Path) -> tuple[np.ndarray, str]:
-    from PIL import Image, UnidentifiedImageError
+def _read_picture(path: Path, data: bytes) -> tuple[np.ndarray, str]:
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(_io.BytesIO(data)) as image:
+                # Checked here too, not only by Pillow's warning, so the limit holds whatever Pillow's settings.
+                if image.width * image.height > MAX_PIXELS:
+                    raise _too_large(path, image.width, image.height)
                 kind = (image.format or path.suffix.lstrip(".")).lower()
                 image.load()
+                if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show it the way it was taken
+                    image = ImageOps.exif_transpose(image)
                 pixels = _to_gray(image)
+    except InputError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise InputError(
             f"{path}: the image is too large to be a scan (over {MAX_PIXELS:,} pixels, a possible "
@@ -115,8 +145,10 @@ def _read_picture(path: Path) -> tuple[np.ndarray, str]:
         ) from error
     except UnidentifiedImageError as error:
         raise InputError(f"{path}: not an image dva can read (PNG, JPEG, TIFF, BMP or DICOM); check the file.") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{path}: the image is damaged or truncated ({error}); re-export it.") from error
+    except MemoryError as error:
+        raise InputError(f"{path}: the image does not fit in memory; downscale it first.") from error
+    except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on bad data
+        raise InputError(f"{path}: the image is damaged or truncated ({_reason(error)}); re-export it.") from error
     return pixels, kind
 
 
@@ -148,40 +180,105 @@ def _min_max(values: np.ndarray) -> np.ndarray:
     return ((values - low) / (high - low)).astype(np.float32)
 
 
-def _read_dicom(path: Path) -> np.ndarray:
+def _read_dicom(path: Path, data: bytes) -> np.ndarray:
     """DICOM pixels through the modality LUT (slope/intercept) and VOI window; MONOCHROME1 inverted."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
     try:
-        dataset = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
-        raise InputError(f"{path}: not a readable DICOM file ({error}); export it again.") from error
+        dataset = pydicom.dcmread(_io.BytesIO(data))
+    except Exception as error:  # pydicom raises InvalidDicomError, EOFError, struct.error, ... on bad files
+        from pydicom.errors import InvalidDicomError
+
+        if isinstance(error, InvalidDicomError):
+            raise InputError(
+                f"{path}: not a DICOM file (no DICOM header found); export it again as DICOM, PNG or TIFF."
+            ) from error
+        raise InputError(f"{path}: not a readable DICOM file ({_reason(error)}); export it again.") from error
     if "PixelData" not in dataset:
         raise InputError(f"{path}: the DICOM file holds no image (no PixelData); pick the image series.")
     try:
-        raw = dataset.pixel_array
-    except Exception as error:  # pydicom raises many types for unsupported encodings
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise InputError(
-            f"{path}: unsupported DICOM encoding ({getattr(syntax, 'name', syntax)}); install pylibjpeg/"
-            "gdcm or convert the file to uncompressed DICOM or PNG."
-        ) from error
-    frames = int(getattr(dataset, "NumberOfFrames", 1) or 1)
-    samples = int(getattr(dataset, "SamplesPerPixel", 1) or 1)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+        rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{path}: the DICOM image attributes are damaged ({_reason(error)}); export it again.") from error
+    # Checked before decoding, so a huge or multi-frame file is refused without decoding it.
     if frames > 1 or samples != 1:
         raise InputError(
             f"{path}: a {'multi-frame' if frames > 1 else 'colour'} DICOM is not a radiograph dva can read; "
             "export a single grayscale frame."
         )
+    if rows * columns > MAX_PIXELS:
+        raise _too_large(path, columns, rows)
+    syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        raw = dataset.pixel_array
+    except MemoryError as error:
+        raise InputError(f"{path}: the DICOM image does not fit in memory; downscale it first.") from error
+    except Exception as error:  # pydicom raises many types for unsupported encodings
+        if syntax is None or getattr(syntax, "is_compressed", True):
+            raise InputError(
+                f"{path}: unsupported DICOM encoding ({getattr(syntax, 'name', None) or syntax or 'unknown'}); "
+                "install pylibjpeg/gdcm or convert the file to uncompressed DICOM or PNG."
+            ) from error
+        raise InputError(f"{path}: the DICOM pixel data is damaged ({_reason(error)}); export it again.") from error
+    if raw.ndim != 2:
+        raise InputError(f"{path}: the DICOM image is not a single grayscale frame; export one.")
     values = apply_modality_lut(raw, dataset).astype(np.float32)
-    if "WindowCenter" in dataset and "WindowWidth" in dataset or "VOILUTSequence" in dataset:
-        values = apply_voi_lut(values, dataset).astype(np.float32)
-    pixels = _min_max(values)
-    if getattr(dataset, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
+    pixels = _voi(values, dataset)
+    if pixels is None:
+        pixels = _min_max(values)
+    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
         pixels = 1.0 - pixels
-    return pixels
+    return pixels.astype(np.float32, copy=False)
+
+
+def _first(value) -> float:
+    """The first of a multi-valued DICOM number, as a float."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0]
+    return float(value)
+
+
+def _voi(values: np.ndarray, dataset) -> np.ndarray | None:
+    """The VOI transform (LUT, else window) to [0, 1]: the window's ends map to 0 and 1, values outside clip.
+
+    None where the file has no usable VOI transform; the caller then stretches the values' own range.
+    """
+    if "VOILUTSequence" in dataset:
+        try:
+            from pydicom.pixels import apply_voi_lut
+
+            bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
+            mapped = apply_voi_lut(values, dataset, prefer_lut=True).astype(np.float32)
+            return np.clip(mapped / float(2**bits - 1), 0.0, 1.0)
+        except Exception:  # a damaged LUT: fall back to the window, then to the values' range
+            pass
+    if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
+        return None
+    try:
+        center, width = _first(dataset.WindowCenter), _first(dataset.WindowWidth)
+    except (TypeError, ValueError, IndexError):
+        return None
+    function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if not (np.isfinite(center) and np.isfinite(width)):
+        return None
+    if function == "SIGMOID":  # PS3.3 C.11.2.1.3.1
+        if width <= 0:
+            return None
+        return (1.0 / (1.0 + np.exp(-4.0 * (values.astype(np.float64) - center) / width))).astype(np.float32)
+    if function == "LINEAR_EXACT":  # PS3.3 C.11.2.1.3.2
+        if width <= 0:
+            return None
+        low, high = center - width / 2.0, center + width / 2.0
+    else:  # LINEAR, PS3.3 C.11.2.1.2.1
+        if width < 1:
+            return None
+        low, high = center - 0.5 - (width - 1.0) / 2.0, center - 0.5 + (width - 1.0) / 2.0
+    if high <= low:
+        return (values > low).astype(np.float32)
+    return np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
@@ -247,7 +344,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write a file so that readers see the old content or the whole new one, never a truncated file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            # Mode 0o666 less the umask, like any new file (tempfile.mkstemp would make it owner-only, 0o600).
+            descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
@@ -255,7 +359,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

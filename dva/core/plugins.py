@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,10 +128,12 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
     return sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
 
 
-def load_catalogue(strict: bool = False, entry_points: bool = True) -> Catalogue:
+def load_catalogue(strict: bool = False, entry_points: bool = True, extra: Iterable[Any] = ()) -> Catalogue:
     """Load built-in and installed plugins into a fresh catalogue.
 
-    With ``strict``, the first broken plugin raises a PluginError instead of being recorded.
+    ``extra`` adds in-process plugin objects (modules or instances) after the installed ones, for
+    tests and notebooks. With ``strict``, the first broken plugin raises a PluginError instead of
+    being recorded.
     """
     manager = _new_manager()
     catalogue = Catalogue(manager=manager)
@@ -147,9 +150,17 @@ def load_catalogue(strict: bool = False, entry_points: bool = True) -> Catalogue
                 dist.version if dist is not None else "unknown",
             )
             sources.append((info, entry_point))
+    for plugin in extra:
+        name = getattr(plugin, "__name__", type(plugin).__name__)
+        sources.append((PluginInfo(name, "(in-process)", ""), plugin))
     for info, source in sources:
         try:
-            plugin = importlib.import_module(source) if isinstance(source, str) else source.load()
+            if isinstance(source, str):
+                plugin = importlib.import_module(source)
+            elif isinstance(source, importlib.metadata.EntryPoint):
+                plugin = source.load()
+            else:
+                plugin = source
             manager.register(plugin, name=info.name)
             manager.check_pending()  # a misspelled hook name marks this plugin broken
             _collect(manager, plugin, info, catalogue)

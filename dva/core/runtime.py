@@ -142,10 +142,20 @@ class Runtime:
         return self.prior.unet_calls(self.recipe.steps)
 
 
+def quiet_libraries() -> None:
+    """dva draws its own progress; silence the per-file progress bars of diffusers and transformers."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
     """Load and wire every component the recipe names."""
     from dva.components.priors import ModelParts
 
+    quiet_libraries()
     source = inspect_model(recipe.model)
     device = pick_device(recipe.device)
     dtype = pick_dtype(recipe.dtype, device)

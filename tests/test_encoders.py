@@ -1,0 +1,82 @@
+"""Text encoders: every family loads from its saved folder, keeps its length, and meets the UNet's width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dva.core.errors import ConfigError
+from dva.plugins.encoders import BUILTIN_ENCODERS
+
+SPECS = {spec.name: spec for spec in BUILTIN_ENCODERS}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_each_encoder_round_trips_through_its_saved_folder(name, tmp_path):
+    spec = SPECS[name]
+    created = spec.create()
+    created.save_pretrained(tmp_path)
+    loaded = spec.load(str(tmp_path), subfolder="text_encoder", tokenizer_subfolder="tokenizer")
+    prompts = ["normal chest x ray", "lung opacity on the top left of the chest"]
+    expected, actual = created.encode(prompts), loaded.encode(prompts)
+    assert actual.shape == (2, 77, created.hidden_size)
+    torch.testing.assert_close(actual, expected)
+    assert loaded.family == spec.family and loaded.tokenizer.model_max_length == 77
+
+
+def test_encoder_loads_from_a_plain_hub_style_folder(tmp_path):
+    created = SPECS["radbert"].create()
+    created.model.save_pretrained(tmp_path)
+    created.tokenizer.save_pretrained(tmp_path)
+    loaded = SPECS["radbert"].load(str(tmp_path))
+    torch.testing.assert_close(loaded.encode(["cardiomegaly"]), created.encode(["cardiomegaly"]))
+
+
+def test_tokenizer_length_is_configurable_and_bounded():
+    assert SPECS["radbert"].create(max_length=128).encode(["x"]).shape[1] == 128
+    with pytest.raises(ConfigError, match="at most 77 tokens"):
+        SPECS["clip"].resolve()(
+            "clip", "clip", SPECS["clip"].create().tokenizer, SPECS["clip"].create().model, max_length=100
+        )
+
+
+def test_bert_padding_does_not_change_the_prompt_tokens():
+    """BERTs get an attention mask, so the real tokens' states do not depend on how much padding follows."""
+    encoder = SPECS["biobert"].create()
+    short, long = encoder.encode(["normal chest"]), SPECS["biobert"].create(max_length=128).encode(["normal chest"])
+    torch.testing.assert_close(short[:, :4], long[:, :4], atol=1e-5, rtol=1e-5)
+
+
+def test_a_narrower_encoder_gets_a_loud_untrained_projection():
+    encoder = SPECS["pubmedclip"].create()
+    with pytest.warns(UserWarning, match="UNTRAINED PROJECTION"):
+        encoder.fit_to(48)
+    assert encoder.encode(["x"]).shape[-1] == 48 and encoder.projection_trained is False
+    again = SPECS["pubmedclip"].create()
+    with pytest.warns(UserWarning):
+        again.fit_to(48)
+    torch.testing.assert_close(again.projection.weight, encoder.projection.weight)  # seeded: reproducible
+
+
+def test_a_saved_projection_is_loaded_with_its_encoder(tmp_path):
+    encoder = SPECS["pubmedclip"].create()
+    encoder.projection = torch.nn.Linear(encoder.hidden_size, 48)
+    encoder.save_pretrained(tmp_path)
+    loaded = SPECS["pubmedclip"].load(
+        str(tmp_path), subfolder="text_encoder", tokenizer_subfolder="tokenizer", projection_source=tmp_path / "projection"
+    )
+    loaded.fit_to(48)  # already fits: no warning, no new projection
+    assert loaded.projection_trained
+    torch.testing.assert_close(loaded.encode(["x"]), encoder.encode(["x"]))
+
+
+def test_a_projection_of_the_wrong_width_is_refused(tmp_path):
+    encoder = SPECS["pubmedclip"].create()
+    encoder.projection = torch.nn.Linear(encoder.hidden_size, 64)
+    with pytest.raises(ConfigError, match="expects 48"):
+        encoder.fit_to(48)
+
+
+def test_missing_encoder_source_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="pass a local folder with --encoder-path"):
+        SPECS["radbert"].load(str(tmp_path / "nothing-here"))

@@ -1,0 +1,187 @@
+"""dva run end to end on tiny models: parity with diffusers' pipelines, batch invariance, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.numpy import load_file
+
+from dva.core.plugins import load_catalogue
+from dva.core.registry import load_entries, resolve
+from dva.core.run import run
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return load_catalogue(entry_points=False)
+
+
+def dva_run(catalogue, inputs, out, mask=None, **overrides):
+    settings = {"steps": STEPS, "seed": 3, **overrides}
+    recipe = resolve(load_entries(), catalogue, "default", settings)
+    return run(recipe, [str(p) for p in inputs], out, catalogue, mask=mask)
+
+
+def png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
+
+
+def test_sdedit_with_clip_equals_diffusers_img2img(catalogue, tiny_sd, images, tmp_path):
+    from diffusers import PNDMScheduler, StableDiffusionImg2ImgPipeline
+
+    result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd), encoder="clip",
+                     scheduler="pndm", strength=0.7, guidance_scale=7.5, prompt="normal chest x ray")
+    assert result.exit_code == 0
+    pipeline = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
+    pipeline.scheduler = PNDMScheduler.from_config(pipeline.scheduler.config, skip_prk_steps=True)
+    expected = pipeline(
+        prompt="normal chest x ray", image=Image.open(images[0]).convert("RGB"), strength=0.7,
+        guidance_scale=7.5, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(3),
+    ).images[0]
+    actual = png(tmp_path / "out" / "scan0" / "counterfactual.png")
+    assert np.abs(actual - np.asarray(expected, dtype=np.float32) / 255.0).max() <= 1 / 255 + 1e-6
+
+
+def test_controlnet_canny_equals_diffusers_controlnet_img2img(catalogue, tiny_sd, images, tmp_path):
+    import cv2
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionImg2ImgPipeline
+
+    from dva.testing.tiny import tiny_controlnet
+
+    controlnet_folder = tmp_path / "controlnet"
+    tiny_controlnet().save_pretrained(controlnet_folder)
+    options = {"controlnet": str(controlnet_folder), "low_threshold": 50, "high_threshold": 120, "conditioning_scale": 0.8}
+    result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd), prior="controlnet-canny",
+                     prior_options=options, strength=0.8, guidance_scale=5.0, scheduler="ddim")
+    assert result.exit_code == 0
+    gray = np.asarray(Image.open(images[0]))
+    edges = Image.fromarray(cv2.Canny(gray, 50, 120)).convert("RGB")
+    saved_condition = png(tmp_path / "out" / "scan0" / "condition.png")
+    assert np.array_equal(saved_condition, np.asarray(edges, dtype=np.float32) / 255.0)
+    parts = StableDiffusionImg2ImgPipeline.from_pretrained(tiny_sd, safety_checker=None, requires_safety_checker=False)
+    from diffusers import ControlNetModel, DDIMScheduler
+
+    pipeline = StableDiffusionControlNetImg2ImgPipeline(
+        **{k: v for k, v in parts.components.items() if k != "image_encoder"},
+        controlnet=ControlNetModel.from_pretrained(controlnet_folder),
+    )
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    expected = pipeline(
+        prompt="normal chest x ray", image=Image.open(images[0]).convert("RGB"), control_image=edges, strength=0.8,
+        guidance_scale=5.0, num_inference_steps=STEPS, controlnet_conditioning_scale=0.8,
+        generator=torch.Generator().manual_seed(3),
+    ).images[0]
+    actual = png(tmp_path / "out" / "scan0" / "counterfactual.png")
+    assert np.abs(actual - np.asarray(expected, dtype=np.float32) / 255.0).max() <= 1 / 255 + 1e-6
+
+
+def test_outputs_do_not_depend_on_batch_size(catalogue, tiny_sd, images, tmp_path):
+    dva_run(catalogue, images, tmp_path / "one", model=str(tiny_sd), batch_size=1)
+    dva_run(catalogue, images, tmp_path / "three", model=str(tiny_sd), batch_size=3)
+    dva_run(catalogue, images[::-1], tmp_path / "reversed", model=str(tiny_sd), batch_size=2)
+    for image in images:
+        reference = png(tmp_path / "one" / image.stem / "counterfactual.png")
+        for other in ("three", "reversed"):
+            assert np.abs(png(tmp_path / other / image.stem / "counterfactual.png") - reference).max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "ddim", "dpm-solver++", "euler", "unipc"])
+def test_every_scheduler_runs(catalogue, tiny_sd, images, tmp_path, scheduler):
+    result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd), scheduler=scheduler, steps=4, strength=1.0)
+    assert result.exit_code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["recipe"]["scheduler"] == scheduler
+    assert manifest["unet_calls"] >= 4
+
+
+def test_effective_denoising_steps_follow_diffusers(catalogue, tiny_sd, images, tmp_path):
+    """75 steps at strength 0.85: int(75 * 0.85) = 63 UNet calls with DDIM, 64 with PNDM (one repeated timestep)."""
+    pndm = dva_run(catalogue, images[:1], tmp_path / "pndm", model=str(tiny_sd), steps=75, strength=0.85, scheduler="pndm")
+    assert pndm.header["unet_calls"] == 64
+    ddim = dva_run(catalogue, images[:1], tmp_path / "ddim", model=str(tiny_sd), steps=75, strength=0.85, scheduler="ddim")
+    assert ddim.header["unet_calls"] == 63
+
+
+def test_dva_model_folder_brings_its_own_encoder(catalogue, tiny_radbert_model, images, tmp_path):
+    result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_radbert_model))
+    assert result.header["encoder"] == {"name": "radbert", "family": "bert", "projection": None}
+    assert "RANDOM weights" in result.header["model_note"]
+
+
+def test_dva_model_folder_loads_its_trained_projection(catalogue, tiny_pubmedclip_model, images, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a fresh projection would warn
+        result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_pubmedclip_model))
+    assert result.header["encoder"]["projection"] == "trained"
+
+
+def test_dva_model_folder_refuses_a_different_encoder_without_weights(catalogue, tiny_radbert_model, images, tmp_path):
+    from dva.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="was trained with encoder 'radbert'"):
+        dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_radbert_model), encoder="biobert")
+
+
+def test_a_domain_encoder_on_a_stable_diffusion_folder(catalogue, tiny_sd, images, tmp_path):
+    """--encoder radbert --encoder-path FOLDER swaps SD's CLIP for a BERT of the UNet's width."""
+    radbert = load_catalogue(entry_points=False).get("encoder", "radbert").create()
+    radbert.model.save_pretrained(tmp_path / "radbert")
+    radbert.tokenizer.save_pretrained(tmp_path / "radbert")
+    result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd), encoder="radbert",
+                     encoder_path=str(tmp_path / "radbert"))
+    assert result.exit_code == 0 and result.header["encoder"]["family"] == "bert"
+
+
+def test_non_square_input_keeps_aspect_and_maps_overlay_the_original(catalogue, tiny_sd, tmp_path):
+    from tests.conftest import chest_like
+
+    wide = np.concatenate([chest_like(48, 1), chest_like(48, 2)], axis=1)[:, :80]  # 48 x 80
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    mask = np.zeros_like(wide)
+    mask[10:40, 5:40] = 255
+    Image.fromarray(mask).save(tmp_path / "wide-mask.png")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(mask).save(masks / "wide.png")
+    dva_run(catalogue, [tmp_path / "wide.png"], tmp_path / "out", mask=str(masks), model=str(tiny_sd))
+    folder = tmp_path / "out" / "wide"
+    assert Image.open(folder / "input.png").size == (64, 64)
+    for name in ("counterfactual", "attribution", "overlay"):
+        assert Image.open(folder / "fullsize" / f"{name}.png").size == (80, 48)
+    maps = load_file(str(folder / "attribution.safetensors"))
+    assert maps["attribution_fullsize"].shape == (48, 80)
+    assert np.all(maps["attribution_fullsize"][mask == 0] == 0), "map is zero outside the mask"
+    assert np.abs(maps["attribution_fullsize"][mask > 0]).sum() > 0
+    record = json.loads((folder / "record.json").read_text())
+    assert record["padding"] == {"top": 16, "bottom": 16, "left": 0, "right": 0}
+
+
+def test_signed_map_is_input_minus_counterfactual(catalogue, tiny_sd, images, tmp_path):
+    dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd))
+    folder = tmp_path / "out" / "scan0"
+    maps = load_file(str(folder / "attribution.safetensors"))["attribution"]
+    expected = png(folder / "input.png")[..., 0] - png(folder / "counterfactual.png").mean(axis=-1)
+    assert np.abs(maps - expected).max() <= 1 / 255 + 1e-6
+
+
+def test_manifest_and_report(catalogue, tiny_sd, images, tmp_path):
+    result = dva_run(catalogue, images, tmp_path / "out", model=str(tiny_sd))
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"] == {"done": 3}
+    assert {"torch", "diffusers", "transformers", "python"} <= set(manifest["versions"])
+    assert manifest["recipe"]["seed"] == 3 and manifest["recipe"]["prior_options"]["strength"] == 0.55
+    assert [i["sha256"] for i in manifest["images"]] == [
+        __import__("hashlib").sha256(p.read_bytes()).hexdigest() for p in images
+    ]
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3 * 4 and "normal chest x ray" in report
+    assert result.report == tmp_path / "out" / "report.html"
