@@ -55,7 +55,7 @@ def run(inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: 
     from dva.core.plugins import get_catalogue
     from dva.core.registry import load_entries, resolve
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     catalogue = get_catalogue()
     overrides = dict(flags)
     if prior_option:
