@@ -185,3 +185,38 @@ def test_manifest_and_report(catalogue, tiny_sd, images, tmp_path):
     report = (tmp_path / "out" / "report.html").read_text()
     assert report.count("data:image/png;base64,") == 3 * 4 and "normal chest x ray" in report
     assert result.report == tmp_path / "out" / "report.html"
+
+
+def test_dicom_and_16_bit_inputs_run_end_to_end(catalogue, tiny_sd, tmp_path):
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from tests.conftest import chest_like
+
+    pixels = chest_like(64, 4).astype(np.uint16) * 16  # 12-bit range
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset = FileDataset(str(tmp_path / "scan.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit, dataset.PixelRepresentation = 16, 12, 11, 0
+    dataset.PixelData = pixels.tobytes()
+    dataset.save_as(tmp_path / "scan.dcm", enforce_file_format=True)
+    Image.fromarray(pixels * 16).save(tmp_path / "deep.png")  # 16-bit grayscale PNG
+    result = dva_run(catalogue, [tmp_path / "scan.dcm", tmp_path / "deep.png"], tmp_path / "out", model=str(tiny_sd))
+    assert result.exit_code == 0 and result.count("done") == 2
+    no_window = (pixels - pixels.min()) / (pixels.max() - pixels.min())  # DICOM without VOI: full range
+    assert np.abs(png(tmp_path / "out" / "scan" / "input.png")[..., 0] - no_window).max() <= 1 / 255
+    sixteen_bit = pixels * 16 / 65535.0
+    assert np.abs(png(tmp_path / "out" / "deep" / "input.png")[..., 0] - sixteen_bit).max() <= 1 / 255
+
+
+def test_a_hub_id_that_cannot_be_reached_is_one_clear_error(catalogue, images, tmp_path, monkeypatch):
+    from dva.core.errors import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="Cannot load the model hub id 'CompVis/stable-diffusion-v1-4'"):
+        dva_run(catalogue, images[:1], tmp_path / "out", model="CompVis/stable-diffusion-v1-4")
