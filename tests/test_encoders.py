@@ -80,3 +80,21 @@ def test_a_projection_of_the_wrong_width_is_refused(tmp_path):
 def test_missing_encoder_source_is_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="pass a local folder with --encoder-path"):
         SPECS["radbert"].load(str(tmp_path / "nothing-here"))
+
+
+def test_pubmedclip_text_tower_loads_from_a_full_clip_checkpoint(tmp_path):
+    """PubMedCLIP's hub folder is a whole CLIPModel (text and vision); dva takes its text tower."""
+    import transformers
+
+    tiny = SPECS["pubmedclip"].create()
+    text = tiny.model.config.to_dict()
+    vision = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4,
+              "image_size": 32, "patch_size": 8}
+    config = transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    full = transformers.CLIPModel(config)
+    full.text_model.load_state_dict(getattr(tiny.model, "text_model", tiny.model).state_dict())
+    full.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = SPECS["pubmedclip"].load(str(tmp_path))
+    assert loaded.hidden_size == 32
+    torch.testing.assert_close(loaded.encode(["normal chest x ray"]), tiny.encode(["normal chest x ray"]))
