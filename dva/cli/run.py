@@ -98,7 +98,8 @@ def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalo
     try:
         result = run_images(recipe, inputs, out, catalogue, mask, on_start, on_image, on_loaded)
     finally:
-        progress.stop()
+        if task:
+            progress.stop()
     _summary(console, result)
     return result.exit_code
 

@@ -59,8 +59,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def collect_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Expand files and folders (recursively) into input files; missing paths are returned as errors."""
+def collect_inputs(
+    paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Expand files and folders (recursively) into input files; missing paths are returned as errors.
+
+    A folder gives its files of a supported extension, sorted, skipping hidden files and folders
+    (``.name``, e.g. macOS ``._scan.png`` companions) and anything under an ``exclude`` folder that lies
+    inside it (the run's output folder, so a rerun does not read its own outputs as inputs). Files
+    named explicitly are always taken. Duplicates are dropped, keeping the first.
+    """
+    excluded = [Path(folder).resolve() for folder in exclude]
     files: list[Path] = []
     missing: dict[Path, str] = {}
     for raw in paths:
@@ -68,7 +77,16 @@ def collect_inputs(paths: Iterable[str | Path]) -> tuple[list[Path], list[tuple[
         if path in missing:
             continue
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_EXTENSIONS)
+            root = path.resolve()
+            inside = [folder for folder in excluded if root in folder.parents]
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in SUPPORTED_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                and p.is_file()
+                and not any(folder in p.resolve().parents for folder in inside)
+            )
             if not found:
                 missing[path] = f"{path}: folder holds no PNG, JPEG, TIFF, BMP or DICOM files."
             files.extend(found)
@@ -123,7 +141,8 @@ def read_scan(path: str | Path) -> Scan:
 def _read_picture(path: Path, data: bytes) -> tuple[np.ndarray, str]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    # Pillow's own bomb check, at dva's limit, for this read only (the setting is Pillow-wide).
+    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -149,6 +168,8 @@ def _read_picture(path: Path, data: bytes) -> tuple[np.ndarray, str]:
         raise InputError(f"{path}: the image does not fit in memory; downscale it first.") from error
     except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on bad data
         raise InputError(f"{path}: the image is damaged or truncated ({_reason(error)}); re-export it.") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous_limit
     return pixels, kind
 
 
@@ -202,7 +223,9 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
         samples = int(dataset.get("SamplesPerPixel", 1) or 1)
         rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
     except (TypeError, ValueError) as error:
-        raise InputError(f"{path}: the DICOM image attributes are damaged ({_reason(error)}); export it again.") from error
+        raise InputError(
+            f"{path}: the DICOM image attributes are damaged ({_reason(error)}); export it again."
+        ) from error
     # Checked before decoding, so a huge or multi-frame file is refused without decoding it.
     if frames > 1 or samples != 1:
         raise InputError(
@@ -225,12 +248,17 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
         raise InputError(f"{path}: the DICOM pixel data is damaged ({_reason(error)}); export it again.") from error
     if raw.ndim != 2:
         raise InputError(f"{path}: the DICOM image is not a single grayscale frame; export one.")
-    values = apply_modality_lut(raw, dataset).astype(np.float32)
-    pixels = _voi(values, dataset)
-    if pixels is None:
-        pixels = _min_max(values)
-    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
-        pixels = 1.0 - pixels
+    try:
+        values = apply_modality_lut(raw, dataset).astype(np.float32)
+        pixels = _voi(values, dataset)
+        if pixels is None:
+            pixels = _min_max(values)
+        if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
+            pixels = 1.0 - pixels
+    except Exception as error:  # a malformed rescale or LUT attribute
+        raise InputError(
+            f"{path}: the DICOM rescale or LUT attributes are damaged ({_reason(error)}); export it again."
+        ) from error
     return pixels.astype(np.float32, copy=False)
 
 

@@ -59,7 +59,8 @@ def inspect_model(location: str | None) -> ModelSource:
             )
         dva = read_dva_json(path)
         return ModelSource(str(path), True, dva, (path / "text_encoder" / "config.json").is_file())
-    if HUB_ID.match(location) and not location.startswith((".", "/", "~")):
+    looks_local = location.startswith((".", "/", "~")) or Path(location.split("/", 1)[0]).is_dir()
+    if HUB_ID.match(location) and not looks_local:
         return ModelSource(location, False)
     raise ConfigError(f"--model {location}: no such folder, and not a hub id (organisation/name); check the path.")
 

@@ -150,7 +150,7 @@ def run(
 
     from dva.core.runtime import assemble
 
-    files, missing = io.collect_inputs(inputs)
+    files, missing = io.collect_inputs(inputs, exclude=[out])
     if not files and not missing:
         raise ConfigError("No inputs given; pass image files, DICOM files or folders.")
     if mask is not None and not Path(mask).exists():
