@@ -13,49 +13,32 @@ ENCODER_OPTIONS = {
 }
 
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
-TINY_CLIP = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 37}
+TINY_CLIP = TINY_BERT
+
+
+def _encoder(name: str, description: str, family: str, source: str, width: int) -> EncoderSpec:
+    tiny = TINY_BERT if family == "bert" else TINY_CLIP
+    return EncoderSpec(
+        name=name,
+        implementation=IMPLEMENTATION,
+        description=description,
+        options=ENCODER_OPTIONS,
+        family=family,
+        default_source=source,
+        hidden_size=width,
+        tiny_config=tiny,
+    )
+
 
 BUILTIN_ENCODERS = (
-    EncoderSpec(
-        name="radbert",
-        implementation=IMPLEMENTATION,
-        description="RadBERT, a BERT pretrained on radiology reports (the thesis' encoder)",
-        options=ENCODER_OPTIONS,
-        family="bert",
-        default_source="StanfordAIMI/RadBERT",
-        hidden_size=768,
-        tiny_config=TINY_BERT,
-    ),
-    EncoderSpec(
-        name="biobert",
-        implementation=IMPLEMENTATION,
-        description="BioBERT v1.2, a BERT pretrained on PubMed abstracts",
-        options=ENCODER_OPTIONS,
-        family="bert",
-        default_source="dmis-lab/biobert-base-cased-v1.2",
-        hidden_size=768,
-        tiny_config=TINY_BERT,
-    ),
-    EncoderSpec(
-        name="pubmedclip",
-        implementation=IMPLEMENTATION,
-        description="PubMedCLIP text tower (CLIP ViT-B/32 fine-tuned on PubMed figures); 512 wide",
-        options=ENCODER_OPTIONS,
-        family="clip",
-        default_source="flaviagiammarino/pubmed-clip-vit-base-patch32",
-        hidden_size=512,
-        tiny_config=TINY_CLIP,
-    ),
-    EncoderSpec(
-        name="clip",
-        implementation=IMPLEMENTATION,
-        description="OpenAI CLIP ViT-L/14 text encoder, Stable Diffusion v1's own",
-        options=ENCODER_OPTIONS,
-        family="clip",
-        default_source="openai/clip-vit-large-patch14",
-        hidden_size=768,
-        tiny_config=TINY_CLIP,
-    ),
+    _encoder("radbert", "RadBERT, a BERT pretrained on radiology reports (the thesis' encoder)", "bert",
+             "StanfordAIMI/RadBERT", 768),
+    _encoder("biobert", "BioBERT v1.2, a BERT pretrained on PubMed abstracts", "bert",
+             "dmis-lab/biobert-base-cased-v1.2", 768),
+    _encoder("pubmedclip", "PubMedCLIP text tower (CLIP ViT-B/32 fine-tuned on PubMed figures); 512 wide", "clip",
+             "flaviagiammarino/pubmed-clip-vit-base-patch32", 512),
+    _encoder("clip", "OpenAI CLIP ViT-L/14 text encoder, Stable Diffusion v1's own", "clip",
+             "openai/clip-vit-large-patch14", 768),
 )
 
 
