@@ -268,20 +268,20 @@ def test_interrupt_in_the_middle_of_writing_leaves_no_partial_file(model, good_i
 
     import dva.core.run as run_module
 
-    original_write_outputs, original_fsync = run_module.write_outputs, os.fsync
-    state = {"images": 0, "countdown": None}
+    import threading
 
-    def write_outputs(*args, **kwargs):
-        state["images"] += 1
-        if state["images"] == 2:
-            state["countdown"] = 3
-        return original_write_outputs(*args, **kwargs)
+    original_write_outputs, original_fsync = run_module.write_outputs, os.fsync
+    writing = threading.local()  # outputs are written on background threads: count only wide.png's writes
+
+    def write_outputs(folder, job, *args, **kwargs):
+        writing.countdown = 3 if job.key == "wide" else None
+        return original_write_outputs(folder, job, *args, **kwargs)
 
     def fsync(descriptor):
-        if state["countdown"] is not None:
-            state["countdown"] -= 1
-            if state["countdown"] == 0:
-                state["countdown"] = None
+        if getattr(writing, "countdown", None) is not None:
+            writing.countdown -= 1
+            if writing.countdown == 0:
+                writing.countdown = None
                 raise KeyboardInterrupt
         return original_fsync(descriptor)
 
@@ -301,9 +301,9 @@ def test_interrupt_in_the_middle_of_writing_leaves_no_partial_file(model, good_i
     monkeypatch.undo()
     code, _, err = dva(capsys, *run_args(model, out, *good_images, "--batch-size", 1))
     assert code == 0, err
-    assert {name: image["status"] for name, image in by_name(out).items()} == {
-        "square.png": "skipped", "wide.png": "done", "tall16.png": "done"
-    }
+    statuses = {name: image["status"] for name, image in by_name(out).items()}
+    assert statuses["square.png"] == "skipped" and statuses["wide.png"] == "done"
+    assert statuses["tall16.png"] in ("done", "skipped")  # its write may have finished beside the interrupted one
     assert_complete(out / "wide", (40, 64))
     assert_complete(out / "tall16", (72, 48))
     assert leftovers(out) == []

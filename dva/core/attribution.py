@@ -35,9 +35,14 @@ def heatmap(signed: np.ndarray, scale: float) -> np.ndarray:
     return colormaps[HEATMAP_COLORMAP](magnitude)[..., :3].astype(np.float32)
 
 
-def overlay(gray: np.ndarray, signed: np.ndarray, scale: float, opacity: float = 0.6) -> np.ndarray:
-    """The heatmap blended over the gray input, weighted by the map's magnitude (quiet areas stay clear)."""
+def overlay(
+    gray: np.ndarray, signed: np.ndarray, scale: float, opacity: float = 0.6, heat: np.ndarray | None = None
+) -> np.ndarray:
+    """The heatmap blended over the gray input, weighted by the map's magnitude (quiet areas stay clear).
+
+    ``heat`` is ``heatmap(signed, scale)`` when the caller has it already.
+    """
     magnitude = np.clip(np.abs(signed) / scale, 0.0, 1.0)[..., None]
     base = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
     alpha = opacity * magnitude
-    return (1.0 - alpha) * base + alpha * heatmap(signed, scale)
+    return (1.0 - alpha) * base + alpha * (heatmap(signed, scale) if heat is None else heat)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,6 +20,8 @@ import numpy as np
 from dva.core import attribution, io, manifest
 from dva.core.errors import ConfigError, InputError
 from dva.core.registry import Recipe
+
+MANIFEST_INTERVAL_S = 15.0  # the manifest grows with the run; per-image record.json files make resuming exact
 
 
 @dataclass
@@ -36,6 +40,10 @@ class ImageJob:
     mask: np.ndarray | None = None
     mask_path: Path | None = None
     seconds: float = 0.0
+
+    def release(self) -> None:
+        """Drop the pixel arrays once the image is written, so memory stays flat over a long run."""
+        self.model_image = self.model_mask = self.mask = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -114,14 +122,15 @@ def write_outputs(
     full_input = io.to_original(job.model_image, job.padding, job.original_size)
     full_cf = np.clip(io.to_original(counterfactual, job.padding, job.original_size), 0.0, 1.0)
     full_signed = attribution.attribution_map(full_input, full_cf.mean(axis=-1), job.mask)
+    heat, full_heat = attribution.heatmap(signed, scale), attribution.heatmap(full_signed, scale)
     files: dict[str, np.ndarray] = {
         "input.png": job.model_image,
         "counterfactual.png": counterfactual,
-        "attribution.png": attribution.heatmap(signed, scale),
-        "overlay.png": attribution.overlay(job.model_image, signed, scale),
+        "attribution.png": heat,
+        "overlay.png": attribution.overlay(job.model_image, signed, scale, heat=heat),
         "fullsize/counterfactual.png": full_cf,
-        "fullsize/attribution.png": attribution.heatmap(full_signed, scale),
-        "fullsize/overlay.png": attribution.overlay(full_input, full_signed, scale),
+        "fullsize/attribution.png": full_heat,
+        "fullsize/overlay.png": attribution.overlay(full_input, full_signed, scale, heat=full_heat),
     }
     if condition is not None:
         files["condition.png"] = condition
@@ -188,17 +197,24 @@ def run(
     for job in failed_paths:
         on_image(job)
 
+    writer = OutputWriter(out, recipe_fingerprint, on_image)
     pending: list[ImageJob] = []
+    last_manifest = time.monotonic()
+
+    def save_manifest(force: bool = False) -> None:
+        nonlocal last_manifest
+        if force or time.monotonic() - last_manifest > MANIFEST_INTERVAL_S:
+            manifest.write_manifest(out, header, [j.summary() for j in result.jobs])
+            last_manifest = time.monotonic()
 
     def flush() -> None:
         if not pending:
             return
         started = time.perf_counter()
-        images = torch.from_numpy(np.stack([job.model_image for job in pending]))[:, None].repeat(1, 3, 1, 1)
-        conditions = runtime.prior.condition(np.stack([job.model_image for job in pending]))
-        condition_tensor = (
-            torch.from_numpy(conditions)[:, None].repeat(1, 3, 1, 1) if conditions is not None else None
-        )
+        gray = np.stack([job.model_image for job in pending])
+        images = torch.from_numpy(gray)[:, None].repeat(1, 3, 1, 1)
+        conditions = runtime.prior.condition(gray)
+        condition_tensor = None if conditions is None else torch.from_numpy(conditions)[:, None].repeat(1, 3, 1, 1)
         generators = [torch.Generator("cpu").manual_seed(recipe.seed) for _ in pending]
         counterfactuals = runtime.prior.generate(
             images, positive, negative, generators, recipe.steps, recipe.guidance_scale, condition_tensor
@@ -206,18 +222,10 @@ def run(
         counterfactuals = counterfactuals.permute(0, 2, 3, 1).numpy()
         share = (time.perf_counter() - started) / len(pending)
         for index, job in enumerate(pending):
-            folder = out / job.key
-            written = write_outputs(
-                folder, job, counterfactuals[index], conditions[index] if conditions is not None else None
-            )
             job.seconds += share
-            job.status = "done"
-            record = {**job.summary(), "fingerprint": recipe_fingerprint, "files": written}
-            manifest.write_record(folder, record)
-            job.model_image = job.model_mask = job.mask = None
-            on_image(job)
+            writer.submit(job, counterfactuals[index], None if conditions is None else conditions[index])
         pending.clear()
-        manifest.write_manifest(out, header, [j.summary() for j in result.jobs])
+        save_manifest()
 
     try:
         for job in jobs:
@@ -231,16 +239,76 @@ def run(
             job.seconds = time.perf_counter() - started
             if manifest.is_complete(out / job.key, job.sha256, recipe_fingerprint):
                 job.status = "skipped"
-                job.model_image = job.model_mask = job.mask = None
+                job.release()
                 on_image(job)
                 continue
             pending.append(job)
             if len(pending) >= recipe.batch_size:
                 flush()
         flush()
+        writer.drain()
     finally:
-        manifest.write_manifest(out, header, [j.summary() for j in result.jobs])
+        writer.close()
+        save_manifest(force=True)
     from dva.core.report import write_report
 
     result.report = write_report(out, header, [j.summary() for j in result.jobs])
     return result
+
+
+class OutputWriter:
+    """Writes each image's outputs on background threads while the next batch samples.
+
+    PNG encoding releases the GIL, so writing overlaps sampling. At most ``max_pending`` images wait,
+    which keeps memory flat. Errors (and interrupts) raised while writing reach the main thread
+    when that image is finished, in input order.
+    """
+
+    def __init__(
+        self, out: Path, recipe_fingerprint: str, on_done: Callable[[ImageJob], None],
+        workers: int = 2, max_pending: int = 8,
+    ) -> None:
+        self.out = out
+        self.fingerprint = recipe_fingerprint
+        self.on_done = on_done
+        self.max_pending = max_pending
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="dva-writer")
+        self.pending: deque[tuple[ImageJob, Future]] = deque()
+
+    def submit(self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None) -> None:
+        self.pending.append((job, self.pool.submit(self._write, job, counterfactual, condition)))
+        while len(self.pending) > self.max_pending:
+            self._finish_oldest()
+
+    def _write(self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None) -> None:
+        started = time.perf_counter()
+        folder = self.out / job.key
+        written = write_outputs(folder, job, counterfactual, condition)
+        job.seconds += time.perf_counter() - started
+        record = {**job.summary(), "status": "done", "fingerprint": self.fingerprint, "files": written}
+        manifest.write_record(folder, record)
+
+    def _finish_oldest(self) -> None:
+        job, future = self.pending.popleft()
+        try:
+            future.result()
+        except OSError as error:
+            raise ConfigError(
+                f"Cannot write the outputs of {job.path.name} to {self.out} ({error.strerror or error}); "
+                "free some space or choose another --out, then rerun to resume."
+            ) from error
+        job.status = "done"
+        job.release()
+        self.on_done(job)
+
+    def drain(self) -> None:
+        while self.pending:
+            self._finish_oldest()
+
+    def close(self) -> None:
+        """Let writes in flight finish (never a half-written image), drop queued ones, mark what completed."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for job, future in self.pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                job.status = "done"
+        self.pending.clear()
