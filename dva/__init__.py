@@ -8,6 +8,7 @@ from dva.core.errors import ConfigError, DvaError, InputError, PluginError
 from dva.core.hookspecs import hookimpl
 from dva.core.specs import (
     ComponentSpec,
+    DatasetSpec,
     EncoderSpec,
     FinetunerSpec,
     MetricSpec,
@@ -20,6 +21,7 @@ from dva.core.specs import (
 __all__ = [
     "ComponentSpec",
     "ConfigError",
+    "DatasetSpec",
     "DvaError",
     "EncoderSpec",
     "FinetunerSpec",

@@ -8,7 +8,7 @@ import click
 
 from dva.core.errors import PluginError
 
-PLURALS = {"modality": "modalities"}
+PLURALS = {"modality": "modalities", "dataset": "dataset layouts"}
 
 
 @click.command()

@@ -43,5 +43,10 @@ def register_modalities(register: Register) -> None:
 
 
 @hookspec
+def register_datasets(register: Register) -> None:
+    """Register labelled dataset layouts: call ``register(DatasetSpec(...))``."""
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add click commands to the ``dva`` command group ``cli``."""

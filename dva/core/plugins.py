@@ -34,6 +34,7 @@ HOOK_FOR_KIND = {
     "finetuner": "register_finetuners",
     "metric": "register_metrics",
     "modality": "register_modalities",
+    "dataset": "register_datasets",
 }
 
 

@@ -158,6 +158,19 @@ class ModalitySpec(ComponentSpec):
     extensions: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DatasetSpec(ComponentSpec):
+    """A labelled dataset layout (COVID-19 Radiography folders, class folders, CSV, ...).
+
+    ``implementation`` opens a location as a :class:`dva.datasets.LabelledDataset`; ``detect`` (an
+    optional import path) says whether a folder looks like this layout, for ``--layout auto``.
+    """
+
+    kind: ClassVar[str] = "dataset"
+
+    detect: str | None = None
+
+
 SPEC_KINDS: dict[str, type[ComponentSpec]] = {
     "encoder": EncoderSpec,
     "prior": PriorSpec,
@@ -165,4 +178,5 @@ SPEC_KINDS: dict[str, type[ComponentSpec]] = {
     "finetuner": FinetunerSpec,
     "metric": MetricSpec,
     "modality": ModalitySpec,
+    "dataset": DatasetSpec,
 }
