@@ -23,10 +23,10 @@ def catalogue():
     return load_catalogue(entry_points=False)
 
 
-def dva_run(catalogue, inputs, out, mask=None, **overrides):
+def dva_run(catalogue, inputs, out, mask=None, writer_threads=None, **overrides):
     settings = {"steps": STEPS, "seed": 3, **overrides}
     recipe = resolve(load_entries(), catalogue, "default", settings)
-    return run(recipe, [str(p) for p in inputs], out, catalogue, mask=mask)
+    return run(recipe, [str(p) for p in inputs], out, catalogue, mask=mask, writer_threads=writer_threads)
 
 
 def png(path: Path) -> np.ndarray:
@@ -90,6 +90,22 @@ def test_outputs_do_not_depend_on_batch_size(catalogue, tiny_sd, images, tmp_pat
         reference = png(tmp_path / "one" / image.stem / "counterfactual.png")
         for other in ("three", "reversed"):
             assert np.abs(png(tmp_path / other / image.stem / "counterfactual.png") - reference).max() <= 1 / 255 + 1e-6
+
+
+def test_background_writers_give_the_same_files_as_inline_writing(catalogue, tiny_sd, images, tmp_path):
+    """On a GPU outputs are written on threads while the next batch samples; the files must not differ."""
+    dva_run(catalogue, images, tmp_path / "inline", model=str(tiny_sd), batch_size=1, writer_threads=0)
+    threaded = dva_run(catalogue, images, tmp_path / "threads", model=str(tiny_sd), batch_size=1, writer_threads=2)
+    assert threaded.count("done") == 3
+    for image in images:
+        for name in ("counterfactual.png", "attribution.png", "overlay.png", "fullsize/overlay.png"):
+            inline_bytes = (tmp_path / "inline" / image.stem / name).read_bytes()
+            assert (tmp_path / "threads" / image.stem / name).read_bytes() == inline_bytes, name
+        inline_maps = load_file(str(tmp_path / "inline" / image.stem / "attribution.safetensors"))
+        threaded_maps = load_file(str(tmp_path / "threads" / image.stem / "attribution.safetensors"))
+        assert all(np.array_equal(inline_maps[key], threaded_maps[key]) for key in inline_maps)
+    records = [json.loads((tmp_path / "threads" / p.stem / "record.json").read_text()) for p in images]
+    assert all(record["status"] == "done" for record in records)
 
 
 @pytest.mark.parametrize("scheduler", ["pndm", "ddim", "dpm-solver++", "euler", "unipc"])

@@ -153,8 +153,13 @@ def run(
     on_start: Callable[[int], None] = lambda total: None,
     on_image: Callable[[ImageJob], None] = lambda job: None,
     on_loaded: Callable[[Any], None] = lambda runtime: None,
+    writer_threads: int | None = None,
 ) -> RunResult:
-    """Generate counterfactuals and maps for every input into ``out``; resumes what is complete."""
+    """Generate counterfactuals and maps for every input into ``out``; resumes what is complete.
+
+    ``writer_threads``: threads writing outputs while the next batch samples (default: 2 on an
+    accelerator, 0 = inline on the CPU).
+    """
     import torch
 
     from dva.core.runtime import assemble
@@ -197,7 +202,11 @@ def run(
     for job in failed_paths:
         on_image(job)
 
-    writer = OutputWriter(out, recipe_fingerprint, on_image)
+    # Writing overlaps sampling only when sampling runs on an accelerator; on the CPU the writer threads
+    # would compete with torch's own threads for the same cores (measured slower), so write inline.
+    if writer_threads is None:
+        writer_threads = 0 if runtime.device.type == "cpu" else 2
+    writer = OutputWriter(out, recipe_fingerprint, on_image, workers=writer_threads)
     pending: list[ImageJob] = []
     last_manifest = time.monotonic()
 
@@ -259,9 +268,9 @@ def run(
 class OutputWriter:
     """Writes each image's outputs on background threads while the next batch samples.
 
-    PNG encoding releases the GIL, so writing overlaps sampling. At most ``max_pending`` images wait,
-    which keeps memory flat. Errors (and interrupts) raised while writing reach the main thread
-    when that image is finished, in input order.
+    PNG encoding releases the GIL, so writing overlaps sampling on a GPU. At most ``max_pending``
+    images wait, which keeps memory flat. Errors (and interrupts) raised while writing reach the main
+    thread when that image is finished, in input order. With ``workers=0`` it writes inline.
     """
 
     def __init__(
@@ -272,10 +281,20 @@ class OutputWriter:
         self.fingerprint = recipe_fingerprint
         self.on_done = on_done
         self.max_pending = max_pending
-        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="dva-writer")
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="dva-writer") if workers > 0 else None
         self.pending: deque[tuple[ImageJob, Future]] = deque()
 
     def submit(self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None) -> None:
+        if self.pool is None:
+            done: Future = Future()
+            try:
+                self._write(job, counterfactual, condition)
+                done.set_result(None)
+            except Exception as error:  # surfaces through _finish_oldest like a background failure
+                done.set_exception(error)
+            self.pending.append((job, done))
+            self._finish_oldest()
+            return
         self.pending.append((job, self.pool.submit(self._write, job, counterfactual, condition)))
         while len(self.pending) > self.max_pending:
             self._finish_oldest()
@@ -307,7 +326,8 @@ class OutputWriter:
 
     def close(self) -> None:
         """Let writes in flight finish (never a half-written image), drop queued ones, mark what completed."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
         for job, future in self.pending:
             if future.done() and not future.cancelled() and future.exception() is None:
                 job.status = "done"
