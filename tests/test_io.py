@@ -546,7 +546,16 @@ def test_read_mask_is_binarised_at_half(tmp_path):
     assert mask[0, ::3].tolist() == [False, False, False, True, True, True]
 
 
-def test_read_mask_of_another_size_is_an_input_error(tmp_path):
+def test_read_mask_of_the_same_shape_but_another_size_is_resized(tmp_path):
+    """The COVID-19 Radiography Database pairs 299 px images with 256 px masks."""
+    values = np.zeros((256, 256), dtype=np.uint8)
+    values[:, 128:] = 255
+    mask = io.read_mask(save(tmp_path / "mask.png", values), (299, 299))
+    assert mask.shape == (299, 299)
+    assert not mask[:, :148].any() and mask[:, 151:].all()
+
+
+def test_read_mask_of_another_shape_is_an_input_error(tmp_path):
     path = save(tmp_path / "mask.png", np.zeros((20, 30), dtype=np.uint8))
     with pytest.raises(InputError) as caught:
         io.read_mask(path, (40, 30))

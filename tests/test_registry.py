@@ -48,7 +48,7 @@ def test_controlnet_entry_and_default_entry(catalogue):
     assert control.prior == "controlnet-canny"
     assert control.prior_options["controlnet"] == "lllyasviel/sd-controlnet-canny"
     default = recipe(catalogue, "default")
-    assert default.encoder is None and default.prompt == "normal chest x ray"
+    assert default.encoder is None and default.prompt is None  # the model's healthy prompt, else the modality's
 
 
 def test_flags_override_the_entry(catalogue):

@@ -131,6 +131,18 @@ def test_dva_model_folder_brings_its_own_encoder(catalogue, tiny_radbert_model, 
     assert "RANDOM weights" in result.header["model_note"]
 
 
+def test_dva_model_folder_supplies_its_healthy_prompt(catalogue, tiny_radbert_model, images, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_radbert_model, model)
+    info = json.loads((model / "dva.json").read_text())
+    (model / "dva.json").write_text(json.dumps({**info, "prompts": {"healthy": "Normal chest scan"}}))
+    assert dva_run(catalogue, images[:1], tmp_path / "a", model=str(model)).header["prompt"] == "Normal chest scan"
+    explicit = dva_run(catalogue, images[:1], tmp_path / "b", model=str(model), prompt="no finding")
+    assert explicit.header["prompt"] == "no finding"
+
+
 def test_dva_model_folder_loads_its_trained_projection(catalogue, tiny_pubmedclip_model, images, tmp_path):
     import warnings
 

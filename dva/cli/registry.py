@@ -17,6 +17,14 @@ REGISTRY_OPTION = click.option(
 )
 
 
+DEFAULT_MEANING = {
+    "encoder": "(the model's own)",
+    "scheduler": "(the model's own)",
+    "prompt": "(the model's healthy prompt, else the modality's)",
+    "model": "(none: pass --model)",
+}
+
+
 @click.group()
 def registry() -> None:
     """Show and validate named recipes from registry.toml."""
@@ -55,7 +63,9 @@ def show(name: str | None, registries: tuple[str, ...], as_json: bool) -> int:
     table.add_column("key")
     table.add_column("value")
     for key, value in recipe.items():
-        table.add_row(key, "(model's own)" if value is None and key in ("encoder", "scheduler") else str(value))
+        if value is None and key in DEFAULT_MEANING:
+            value = DEFAULT_MEANING[key]
+        table.add_row(key, str(value))
     Console().print(table)
     return 0
 

@@ -141,20 +141,17 @@ def read_scan(path: str | Path) -> Scan:
 def _read_picture(path: Path, data: bytes) -> tuple[np.ndarray, str]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    # Pillow's own bomb check, at dva's limit, for this read only (the setting is Pillow-wide).
-    previous_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
+    # dva checks the size on the header, before decoding. Pillow's process-wide limit is left alone
+    # (changing it per read is not thread-safe); it still stops anything above twice its default.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(_io.BytesIO(data)) as image:
-                # Checked here too, not only by Pillow's warning, so the limit holds whatever Pillow's settings.
-                if image.width * image.height > MAX_PIXELS:
-                    raise _too_large(path, image.width, image.height)
-                kind = (image.format or path.suffix.lstrip(".")).lower()
-                image.load()
-                if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show it the way it was taken
-                    image = ImageOps.exif_transpose(image)
-                pixels = _to_gray(image)
+        with Image.open(_io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise _too_large(path, image.width, image.height)
+            kind = (image.format or path.suffix.lstrip(".")).lower()
+            image.load()
+            if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show it the way it was taken
+                image = ImageOps.exif_transpose(image)
+            pixels = _to_gray(image)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -168,8 +165,6 @@ def _read_picture(path: Path, data: bytes) -> tuple[np.ndarray, str]:
         raise InputError(f"{path}: the image does not fit in memory; downscale it first.") from error
     except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on bad data
         raise InputError(f"{path}: the image is damaged or truncated ({_reason(error)}); re-export it.") from error
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous_limit
     return pixels, kind
 
 
@@ -310,13 +305,20 @@ def _voi(values: np.ndarray, dataset) -> np.ndarray | None:
 
 
 def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
-    """A binary mask (True inside the anatomy) of the given (height, width); values above half are in."""
+    """A binary mask (True inside the anatomy) of the given (height, width); values above half are in.
+
+    A mask of another size but the same aspect ratio (the COVID-19 Radiography Database ships 256 px
+    masks for 299 px images) is resized with nearest-neighbour sampling.
+    """
     scan = read_scan(path)
     if scan.size != size:
-        raise InputError(
-            f"{path}: the mask is {scan.size[1]}x{scan.size[0]} but its image is {size[1]}x{size[0]}; "
-            "use a mask of the same size."
-        )
+        (mask_h, mask_w), (height, width) = scan.size, size
+        if abs(mask_w / mask_h - width / height) > 0.02 * (width / height):
+            raise InputError(
+                f"{path}: the mask is {mask_w}x{mask_h} but its image is {width}x{height}, a different shape; "
+                "use the mask made for this image."
+            )
+        return resize(scan.pixels, size, nearest=True) > 0.5
     return scan.pixels > 0.5
 
 

@@ -29,7 +29,7 @@ PLAIN_KEYS: dict[str, Option] = {
     "model": Option(str, None, "diffusers Stable Diffusion folder, hub id, or dva model folder"),
     "steps": Option(int, 50, "scheduler steps (img2img runs int(steps * strength) of them)", 1, 1000),
     "guidance_scale": Option(float, 7.5, "classifier-free guidance scale (1 or less: none)", 0.0, 100.0),
-    "prompt": Option(str, None, "text the counterfactual is steered to (default: the modality's healthy prompt)"),
+    "prompt": Option(str, None, "text the counterfactual is steered to (default: the model's healthy prompt, else the modality's)"),
     "negative_prompt": Option(str, ""),
     "seed": Option(int, 0, "seed of every image's own generator", 0, 2**63 - 1),
     "batch_size": Option(int, 1, "images per UNet batch (outputs do not depend on it)", 1, 4096),
@@ -215,8 +215,6 @@ def resolve(
         setattr(recipe, kind, name)
         if kind != "modality":
             setattr(recipe, f"{kind}_options", options)
-    if recipe.prompt is None:
-        recipe.prompt = catalogue.get("modality", recipe.modality).healthy_prompt
     return recipe
 
 

@@ -54,7 +54,8 @@ img{{width:{THUMBNAIL}px;image-rendering:auto;display:block}} pre{{background:#2
 <h1>dva: healthy counterfactuals and attribution maps</h1>
 <p class="note">{note}</p>
 <p>Attribution = input &minus; counterfactual (brighter = larger change; signed values in
-<code>attribution.safetensors</code>). {header.get("unet_calls", "?")} denoising UNet calls per image.</p>
+<code>attribution.safetensors</code>). Prompt: <q>{html.escape(str(header.get("prompt", "")))}</q>;
+{header.get("unet_calls", "?")} denoising UNet calls per image.</p>
 <table><tr><th>image</th>{"".join(f"<th>{c[:-4]}</th>" for c in columns)}</tr>
 {"".join(rows)}
 </table>

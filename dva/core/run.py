@@ -181,6 +181,7 @@ def run(
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": manifest.versions(),
         "recipe": recipe_dict,
+        "prompt": runtime.prompt,
         "model": {"location": runtime.source.location, "dva": runtime.source.dva},
         "model_note": runtime.source.dva.get("note"),
         "encoder": {
@@ -196,7 +197,9 @@ def run(
         "seeds": {"per_image": recipe.seed, "generator": "torch.Generator('cpu').manual_seed(seed), one per image"},
         "processes": 1,
     }
-    recipe_fingerprint = manifest.fingerprint(recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type})
+    recipe_fingerprint = manifest.fingerprint(
+        recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type, "prompt": runtime.prompt}
+    )
     result = RunResult(out, failed_paths + jobs, header)
     on_start(len(result.jobs))
     for job in failed_paths:

@@ -131,10 +131,11 @@ class Runtime:
     encoder: Any
     prior: Any
     resolution: int
+    prompt: str
 
     def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings ``(1, L, D)`` of the prompt and the negative prompt, computed once per run."""
-        embeddings = self.encoder.encode([self.recipe.prompt, self.recipe.negative_prompt or ""], self.device)
+        embeddings = self.encoder.encode([self.prompt, self.recipe.negative_prompt or ""], self.device)
         embeddings = embeddings.to(self.dtype)
         return embeddings[:1], embeddings[1:]
 
@@ -166,4 +167,12 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
     encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
     prior.load(ModelParts(unet, vae, scheduler, device, dtype))
     resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
-    return Runtime(recipe, source, device, dtype, encoder, prior, resolution)
+    return Runtime(recipe, source, device, dtype, encoder, prior, resolution, healthy_prompt(recipe, source, catalogue))
+
+
+def healthy_prompt(recipe: Recipe, source: ModelSource, catalogue: Any) -> str:
+    """The recipe's prompt, else the healthy prompt the model was trained with, else the modality's."""
+    if recipe.prompt is not None:
+        return recipe.prompt
+    trained = (source.dva.get("prompts") or {}).get("healthy")
+    return trained or catalogue.get("modality", recipe.modality).healthy_prompt
