@@ -25,6 +25,8 @@ BUILTIN_PLUGINS = (
     "dva.plugins.priors",
     "dva.plugins.schedulers",
     "dva.plugins.modalities",
+    "dva.plugins.finetuners",
+    "dva.plugins.datasets",
 )
 
 HOOK_FOR_KIND = {
