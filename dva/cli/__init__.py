@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "run": ("dva.cli.run", "run"),
     "plugins": ("dva.cli.plugins", "plugins"),
     "registry": ("dva.cli.registry", "registry"),
+    "finetune": ("dva.cli.finetune", "finetune"),
 }
 
 

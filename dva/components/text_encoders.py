@@ -164,6 +164,10 @@ class TextEncoder(torch.nn.Module):
     @torch.no_grad()
     def encode(self, prompts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
         """Hidden states ``(len(prompts), max_length, output_size)`` for the UNet's cross-attention."""
+        return self(prompts, device)
+
+    def forward(self, prompts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """As :meth:`encode`, with gradients (for training the encoder and its projection)."""
         device = device or self.model.device
         tokens = self.tokenizer(
             prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"

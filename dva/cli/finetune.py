@@ -1,0 +1,97 @@
+"""``dva finetune``: train a base model on a labelled dataset, class by class, into a dva model folder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from dva.core.errors import ConfigError
+
+
+def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
+    prompts = {}
+    for pair in pairs:
+        label, sep, prompt = pair.partition("=")
+        if not sep or not label.strip() or not prompt.strip():
+            raise ConfigError(f"--class-prompt {pair!r}: expected CLASS=PROMPT, e.g. --class-prompt \"Normal=Normal chest scan\".")
+        prompts[label.strip()] = prompt.strip()
+    return prompts
+
+
+@click.command()
+@click.option("--model", "base_model", required=True, help="Base Stable Diffusion folder or hub id (or a dva model folder).")
+@click.option("--data", required=True, type=click.Path(), help="Labelled dataset (COVID-19 Radiography layout, class folders or CSV).")
+@click.option("--layout", default="auto", show_default=True, help="Dataset layout; see `dva plugins`.")
+@click.option("--schedule", required=True, help='Classes in order with their steps, e.g. "Normal:1200,Lung Opacity:500".')
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The dva model folder to write.")
+@click.option("--strategy", default="dreambooth", show_default=True, help="Fine-tuning strategy.")
+@click.option("--encoder", help="Text encoder (default: the base model's own).")
+@click.option("--encoder-path", help="Load the encoder from this folder instead of its default source.")
+@click.option("--prompt-template", default="{label}", show_default=True, help="Prompt of a class, {label} is its name.")
+@click.option("--class-prompt", "class_prompt_pairs", multiple=True, metavar="CLASS=PROMPT", help="A class's own prompt.")
+@click.option("--sample-prompts/--no-sample-prompts", default=False, help="Use per-image prompts of the dataset (phantoms).")
+@click.option("--healthy-class", default="Normal", show_default=True, help="Class whose prompt `dva run` uses by default.")
+@click.option("--prompt-dropout", type=float, default=0.0, show_default=True, help="Chance of an empty prompt (keeps guidance meaningful).")
+@click.option("--train-text-encoder/--freeze-text-encoder", default=True, show_default=True)
+@click.option("--prior-weight", type=float, default=1.0, show_default=True, help="Prior-preservation loss weight (0: off).")
+@click.option("--prior-prompt", default="chest x ray", show_default=True, help="Prompt of the prior-preservation class images.")
+@click.option("--class-data", type=click.Path(), help="Folder of class images (else generated once by the base model).")
+@click.option("--class-images", type=int, default=100, show_default=True, help="How many class images to generate.")
+@click.option("--learning-rate", type=float, default=5e-5, show_default=True)
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--gradient-accumulation", type=int, default=1, show_default=True)
+@click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
+@click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--use-8bit-adam", is_flag=True, help="bitsandbytes' 8-bit AdamW.")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option("--keep-checkpoints", type=int, default=2, show_default=True)
+@click.option("--resume", help="'latest' or a checkpoint folder: continue an interrupted run.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu"]), default="auto", show_default=True,
+              help="cpu forces the CPU; GPUs and processes come from `accelerate launch`.")
+def finetune(schedule: str, class_prompt_pairs: tuple[str, ...], strategy: str, prior_prompt: str, **options: Any) -> int:
+    """Fine-tune a base model on labelled scans (DreamBooth with any encoder, multi-class schedules)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from dva.core.plugins import get_catalogue
+    from dva.finetune.dreambooth import FinetuneConfig
+    from dva.finetune.schedule import parse_schedule
+
+    for name in ("batch_size", "gradient_accumulation", "class_images", "keep_checkpoints"):
+        if options[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} is {options[name]}; it must be at least 1.")
+    if not 0.0 <= options["prompt_dropout"] < 1.0:
+        raise ConfigError(f"--prompt-dropout is {options['prompt_dropout']}; it must be in [0, 1).")
+    if options["learning_rate"] <= 0 or options["prior_weight"] < 0:
+        raise ConfigError("--learning-rate must be positive and --prior-weight at least 0.")
+    catalogue = get_catalogue()
+    trainer = catalogue.get("finetuner", strategy).resolve()
+    config = FinetuneConfig(
+        schedule=parse_schedule(schedule),
+        class_prompts=_class_prompts(class_prompt_pairs),
+        use_sample_prompts=options.pop("sample_prompts"),
+        class_prompt=prior_prompt,
+        **options,
+    )
+    console = Console(stderr=True, soft_wrap=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+    )
+    task: dict[str, Any] = {}
+
+    def on_step(step: int, total: int, label: str, loss: float) -> None:
+        if not task:
+            progress.start()
+            task["id"] = progress.add_task(label, total=total, completed=step - 1, loss="-")
+        progress.update(task["id"], completed=step, description=label, loss=f"{loss:.4f}")
+
+    try:
+        out = trainer(config, catalogue, on_step=on_step)
+    finally:
+        if task:
+            progress.stop()
+    console.print(f"model: {out}  ·  log: {out / 'train_log.csv'}  ·  use it: dva run --model {out} SCANS")
+    return 0

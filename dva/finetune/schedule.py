@@ -1,0 +1,49 @@
+"""Multi-class training schedules: ``"Normal:1200,Lung Opacity:500"`` visits classes in order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dva.core.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Train on one class for a number of optimizer steps."""
+
+    label: str
+    steps: int
+
+
+def parse_schedule(text: str) -> list[Phase]:
+    """Parse ``CLASS:STEPS[,CLASS:STEPS...]``; class names may contain spaces, not commas or colons."""
+    phases = []
+    for part in (p.strip() for p in text.split(",")):
+        label, sep, steps = part.rpartition(":")
+        if not part or not sep or not label.strip():
+            raise ConfigError(f"--schedule {text!r}: '{part}' is not CLASS:STEPS; write e.g. \"Normal:1200,Lung Opacity:500\".")
+        try:
+            count = int(steps)
+        except ValueError:
+            raise ConfigError(f"--schedule {text!r}: '{steps}' is not a whole number of steps for class '{label.strip()}'.") from None
+        if count < 1:
+            raise ConfigError(f"--schedule {text!r}: class '{label.strip()}' needs at least 1 step.")
+        phases.append(Phase(label.strip(), count))
+    return phases
+
+
+def phase_at(phases: list[Phase], step: int) -> Phase:
+    """The phase that global step ``step`` (0-based) belongs to."""
+    for phase in phases:
+        if step < phase.steps:
+            return phase
+        step -= phase.steps
+    raise IndexError("step beyond the schedule")
+
+
+def total_steps(phases: list[Phase]) -> int:
+    return sum(phase.steps for phase in phases)
+
+
+def format_schedule(phases: list[Phase]) -> str:
+    return ",".join(f"{phase.label}:{phase.steps}" for phase in phases)

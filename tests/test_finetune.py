@@ -1,0 +1,141 @@
+"""dva finetune: DreamBooth with a domain encoder, class by class, resumable, into a model dva run loads."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from dva.core.errors import ConfigError
+from dva.core.plugins import load_catalogue
+from dva.finetune.dreambooth import FinetuneConfig, train
+from dva.finetune.schedule import Phase, parse_schedule, phase_at
+from tests.conftest import chest_like
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return load_catalogue(entry_points=False)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Class folders: three 'Normal' and three 'Lung Opacity' 64 px images."""
+    root = tmp_path_factory.mktemp("data")
+    for label, offset in (("Normal", 0), ("Lung Opacity", 10)):
+        (root / label).mkdir()
+        for index in range(3):
+            Image.fromarray(chest_like(64, offset + index)).save(root / label / f"{index}.png")
+    return root
+
+
+def config(model, data, out, schedule, **overrides) -> FinetuneConfig:
+    settings = dict(
+        base_model=str(model), data=str(data), out=str(out), schedule=parse_schedule(schedule), device="cpu",
+        learning_rate=1e-3, batch_size=2, prior_weight=0.0, class_images=2, class_steps=2, checkpoint_every=0,
+    )
+    return FinetuneConfig(**{**settings, **overrides})
+
+
+def log_rows(out: Path) -> list[dict]:
+    with open(out / "train_log.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_schedule_parsing():
+    assert parse_schedule("Normal:1200, Lung Opacity:500,COVID:500") == [
+        Phase("Normal", 1200), Phase("Lung Opacity", 500), Phase("COVID", 500)
+    ]
+    assert phase_at(parse_schedule("A:2,B:3"), 1).label == "A" and phase_at(parse_schedule("A:2,B:3"), 2).label == "B"
+    for bad in ("Normal", "Normal:x", "Normal:0", ":5", "A:1,,B:2"):
+        with pytest.raises(ConfigError, match="--schedule"):
+            parse_schedule(bad)
+
+
+def test_multi_class_schedule_trains_in_order_and_writes_a_model_dva_run_loads(
+    catalogue, tiny_radbert_model, dataset, images, tmp_path
+):
+    from dva.core.registry import load_entries, resolve
+    from dva.core.run import run
+
+    out = tmp_path / "model"
+    train(config(tiny_radbert_model, dataset, out, "Normal:4,Lung Opacity:3",
+                 class_prompts={"Normal": "Normal chest scan"}), catalogue)
+    rows = log_rows(out)
+    assert [row["class"] for row in rows] == ["Normal"] * 4 + ["Lung Opacity"] * 3
+    assert [int(row["step"]) for row in rows] == list(range(1, 8))
+    info = json.loads((out / "dva.json").read_text())
+    assert info["encoder"] == "radbert" and info["classes"] == ["Normal", "Lung Opacity"]
+    assert info["schedule"] == "Normal:4,Lung Opacity:3" and info["steps"] == 7
+    assert info["prompts"]["healthy"] == "Normal chest scan" and len(info["data"]["fingerprint"]) == 64
+    before = load_file(str(tiny_radbert_model / "unet" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in before), "the UNet was trained"
+    recipe = resolve(load_entries(), catalogue, "default", {"model": str(out), "steps": 4})
+    result = run(recipe, [str(images[0])], tmp_path / "run", catalogue)
+    assert result.exit_code == 0 and result.header["prompt"] == "Normal chest scan"
+    assert result.header["encoder"]["name"] == "radbert"
+
+
+def test_loss_goes_down(catalogue, tiny_radbert_model, dataset, tmp_path):
+    train(config(tiny_radbert_model, dataset, tmp_path / "model", "Normal:24"), catalogue)
+    losses = [float(row["loss"]) for row in log_rows(tmp_path / "model")]
+    assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6]), losses
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(catalogue, tiny_radbert_model, dataset, tmp_path):
+    """With prior preservation (class images generated once into a cache) and a checkpoint every 3 steps."""
+    settings = dict(prior_weight=1.0, checkpoint_every=3, keep_checkpoints=1, prompt_dropout=0.2)
+    train(config(tiny_radbert_model, dataset, tmp_path / "whole", "Normal:4,Lung Opacity:3", **settings), catalogue)
+
+    def interrupt(step, total, label, loss):
+        if step == 5:
+            raise KeyboardInterrupt
+
+    interrupted = config(tiny_radbert_model, dataset, tmp_path / "resumed", "Normal:4,Lung Opacity:3", **settings)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, catalogue, on_step=interrupt)
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step-00000003"]
+    assert not (tmp_path / "resumed" / "dva.json").exists()
+    interrupted.resume = "latest"
+    train(interrupted, catalogue)
+    assert [int(r["step"]) for r in log_rows(tmp_path / "resumed")] == [1, 2, 3, 4, 5, 4, 5, 6, 7]
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        whole, resumed = load_file(str(tmp_path / "whole" / part)), load_file(str(tmp_path / "resumed" / part))
+        for key in whole:
+            torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=1e-6, msg=f"{part}: {key}")
+    assert len(list((tmp_path / "whole" / "class-images").rglob("*.png"))) == 2
+
+
+def test_a_frozen_text_encoder_stays_byte_identical(catalogue, tiny_radbert_model, dataset, tmp_path):
+    train(config(tiny_radbert_model, dataset, tmp_path / "model", "Normal:2", train_text_encoder=False), catalogue)
+    before = load_file(str(tiny_radbert_model / "text_encoder" / "model.safetensors"))
+    after = load_file(str(tmp_path / "model" / "text_encoder" / "model.safetensors"))
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_a_class_the_dataset_lacks_is_refused_before_training(catalogue, tiny_radbert_model, dataset, tmp_path):
+    with pytest.raises(ConfigError, match="Pneumonia"):
+        train(config(tiny_radbert_model, dataset, tmp_path / "model", "Normal:2,Pneumonia:2"), catalogue)
+    assert not (tmp_path / "model" / "train_log.csv").exists()
+
+
+def test_finetune_command(tiny_radbert_model, dataset, tmp_path, capsys):
+    from dva.cli import main
+
+    out = tmp_path / "model"
+    with pytest.raises(SystemExit) as done:
+        main(["finetune", "--model", str(tiny_radbert_model), "--data", str(dataset), "--schedule", "Normal:2",
+              "--out", str(out), "--prior-weight", "0", "--device", "cpu", "--class-prompt", "Normal=Normal chest scan"])
+    assert done.value.code == 0, capsys.readouterr().err
+    assert json.loads((out / "dva.json").read_text())["prompts"]["healthy"] == "Normal chest scan"
+    with pytest.raises(SystemExit) as bad:
+        main(["finetune", "--model", str(tiny_radbert_model), "--data", str(dataset), "--schedule", "Normal:2",
+              "--out", str(out), "--batch-size", "0"])
+    assert bad.value.code == 2 and "--batch-size" in capsys.readouterr().err
