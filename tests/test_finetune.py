@@ -139,3 +139,21 @@ def test_finetune_command(tiny_radbert_model, dataset, tmp_path, capsys):
         main(["finetune", "--model", str(tiny_radbert_model), "--data", str(dataset), "--schedule", "Normal:2",
               "--out", str(out), "--batch-size", "0"])
     assert bad.value.code == 2 and "--batch-size" in capsys.readouterr().err
+
+
+def test_two_processes_train_together(tiny_radbert_model, dataset, tmp_path):
+    """torchrun starts two CPU processes (gloo); accelerate shards the work (PITFALLS: not `accelerate launch --cpu`)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "model"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+        "-m", "dva", "finetune", "--model", str(tiny_radbert_model), "--data", str(dataset), "--schedule", "Normal:2",
+        "--out", str(out), "--prior-weight", "0", "--device", "cpu", "--batch-size", "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert json.loads((out / "dva.json").read_text())["processes"] == 2

@@ -181,6 +181,8 @@ def train(
     unet.requires_grad_(True).train()
     encoder.model.requires_grad_(config.train_text_encoder)
     encoder.model.train(config.train_text_encoder)
+    if getattr(encoder.model, "pooler", None) is not None:  # BERT's pooler never reaches the UNet (and DDP needs every
+        encoder.model.pooler.requires_grad_(False)  # trained parameter to take part in the loss)
     if encoder.projection is not None:
         encoder.projection.requires_grad_(True)
     if config.gradient_checkpointing:
@@ -241,7 +243,8 @@ def train(
                                         config.keep_checkpoints)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _save_model(config, accelerator.unwrap_model(unet), vae, scheduler_config, raw_encoder, dataset, source, out)
+        _save_model(config, accelerator.unwrap_model(unet), vae, scheduler_config, raw_encoder, dataset, source, out,
+                    accelerator.num_processes)
     accelerator.wait_for_everyone()
     return out
 
@@ -284,7 +287,7 @@ def _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encod
     return F.mse_loss(instance_prediction, instance_target) + config.prior_weight * F.mse_loss(class_prediction, class_target)
 
 
-def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, out: Path) -> None:
+def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, out: Path, processes: int) -> None:
     """The dva model folder: diffusers parts, the encoder (+ projection), dva.json written last."""
     from dva.core.model_folder import write_dva_json
     from dva.datasets.layouts import dataset_fingerprint
@@ -310,5 +313,6 @@ def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, o
         data={"location": str(dataset.root), "layout": dataset.layout, "fingerprint": dataset_fingerprint(dataset),
               "images": len(dataset.samples)},
         strategy="dreambooth",
+        processes=processes,
         settings=settings,
     )
