@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "run": ("dva.cli.run", "run"),
     "plugins": ("dva.cli.plugins", "plugins"),
     "registry": ("dva.cli.registry", "registry"),
+    "phantoms": ("dva.cli.phantoms", "phantoms"),
     "finetune": ("dva.cli.finetune", "finetune"),
 }
 
