@@ -157,3 +157,15 @@ def test_two_processes_train_together(tiny_radbert_model, dataset, tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
     assert json.loads((out / "dva.json").read_text())["processes"] == 2
+
+
+def test_phantoms_in_the_covid_radiography_layout_train_with_their_own_prompts(catalogue, tiny_radbert_model, tmp_path):
+    from dva.datasets.phantoms import make_phantoms
+
+    data = make_phantoms(tmp_path / "phantoms", 2, 64, seed=5)
+    out = tmp_path / "model"
+    train(config(tiny_radbert_model, data, out, "Normal:2,Lung Opacity:2,Cardiomegaly:1", use_sample_prompts=True),
+          catalogue)
+    info = json.loads((out / "dva.json").read_text())
+    assert info["data"]["layout"] == "covid-radiography" and info["data"]["images"] == 6
+    assert [row["class"] for row in log_rows(out)] == ["Normal"] * 2 + ["Lung Opacity"] * 2 + ["Cardiomegaly"]
