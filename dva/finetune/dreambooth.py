@@ -65,6 +65,13 @@ class FinetuneConfig:
     resume: str | None = None
     seed: int = 0
     device: str = "auto"
+    # textual inversion: one new token per class, initialised from an existing word
+    placeholder_template: str = "<{label}>"
+    initializer_token: str = "chest"
+    # LoRA: adapters on the UNet's attention (and optionally the text encoder)
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_text_encoder: bool = False
 
     def prompt_for(self, label: str) -> str:
         return self.class_prompts.get(label) or self.prompt_template.format(label=label)
