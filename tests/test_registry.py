@@ -62,6 +62,13 @@ def test_switching_prior_by_flag_keeps_the_strength_but_drops_foreign_options(ca
     assert switched.prior_options == {"strength": 0.85}
 
 
+def test_flag_options_apply_to_the_prior_chosen_by_flag_whatever_their_order(catalogue):
+    overrides = {"prior_options": {"low_threshold": 50}, "strength": 0.4, "prior": "controlnet-canny"}
+    chosen = recipe(catalogue, "thesis", overrides)
+    assert chosen.prior == "controlnet-canny"
+    assert (chosen.prior_options["low_threshold"], chosen.prior_options["strength"]) == (50, 0.4)
+
+
 def test_out_of_range_flag_names_the_flag(catalogue):
     with pytest.raises(ConfigError, match=r"--strength is 1.5, but must be between 0.0 and 1.0"):
         recipe(catalogue, "thesis", {"strength": 1.5})

@@ -178,7 +178,9 @@ def resolve(
                     raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted({*PLAIN_KEYS, *COMPONENT_KEYS}))}).")
                 where_of[key] = where
     override_where = override_where or {}
-    for key, value in (overrides or {}).items():
+    # Component switches first, so options given by flags apply to the component the flags chose.
+    ordered = sorted((overrides or {}).items(), key=lambda item: item[0] not in COMPONENT_KEYS)
+    for key, value in ordered:
         if value is None:
             continue
         where = override_where.get(key, f"--{key.replace('_', '-')}")
@@ -198,7 +200,7 @@ def resolve(
         else:
             merged[key] = PLAIN_KEYS[key].check(value, where)
     recipe = Recipe(entry=entry)
-    for key, option in PLAIN_KEYS.items():
+    for key in PLAIN_KEYS:
         if key in merged and key != "extends":
             setattr(recipe, key, merged[key])
     for kind in COMPONENT_KEYS:
