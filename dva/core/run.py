@@ -21,6 +21,7 @@ from dva.core import attribution, io, manifest
 from dva.core.errors import ConfigError, InputError
 from dva.core.registry import Recipe
 
+MISSING_MASK = "--mask {mask}: no such file or folder; pass a mask image or a folder of masks named like the inputs."
 MANIFEST_INTERVAL_S = 15.0  # the manifest grows with the run; per-image record.json files make resuming exact
 
 
@@ -95,7 +96,7 @@ def find_mask(mask: str | None, image: Path) -> Path | None:
             if candidate.stem == image.stem and candidate.suffix.lower() in io.SUPPORTED_EXTENSIONS:
                 return candidate
         return None
-    raise ConfigError(f"--mask {mask}: no such file or folder; pass a mask image or a folder of masks named like the inputs.")
+    raise ConfigError(MISSING_MASK.format(mask=mask))
 
 
 def prepare(job: ImageJob, resolution: int, mask: str | None) -> None:
@@ -144,6 +145,32 @@ def write_outputs(
     return [*files, "attribution.safetensors"]
 
 
+def run_header(recipe_dict: dict[str, Any], runtime: Any) -> dict[str, Any]:
+    """What the manifest says about the whole run: versions, recipe, model, encoder, device, seeds."""
+    encoder = runtime.encoder
+    return {
+        "tool": "dva run",
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": manifest.versions(),
+        "recipe": recipe_dict,
+        "prompt": runtime.prompt,
+        "model": {"location": runtime.source.location, "dva": runtime.source.dva},
+        "model_note": runtime.source.dva.get("note"),
+        "encoder": {
+            "name": encoder.name,
+            "family": encoder.family,
+            "projection": None if encoder.projection is None
+            else ("trained" if encoder.projection_trained else "UNTRAINED (random, seed 0)"),
+        },
+        "device": str(runtime.device),
+        "dtype": str(runtime.dtype).removeprefix("torch."),
+        "resolution": runtime.resolution,
+        "unet_calls": runtime.unet_calls(),
+        "seeds": {"per_image": recipe_dict["seed"], "generator": "torch.Generator('cpu').manual_seed(seed), one per image"},
+        "processes": 1,
+    }
+
+
 def run(
     recipe: Recipe,
     inputs: list[str],
@@ -168,7 +195,7 @@ def run(
     if not files and not missing:
         raise ConfigError("No inputs given; pass image files, DICOM files or folders.")
     if mask is not None and not Path(mask).exists():
-        find_mask(mask, Path("x"))  # raises the clear error before any model is loaded
+        raise ConfigError(MISSING_MASK.format(mask=mask))  # before any model is loaded
     jobs = [ImageJob(path, key) for path, key in zip(files, output_keys(files))]
     failed_paths = [ImageJob(path, path.name, "failed", message) for path, message in missing]
     runtime = assemble(recipe, catalogue)
@@ -176,27 +203,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     positive, negative = runtime.prompt_embeddings()
     recipe_dict = recipe.to_dict()
-    header = {
-        "tool": "dva run",
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": manifest.versions(),
-        "recipe": recipe_dict,
-        "prompt": runtime.prompt,
-        "model": {"location": runtime.source.location, "dva": runtime.source.dva},
-        "model_note": runtime.source.dva.get("note"),
-        "encoder": {
-            "name": runtime.encoder.name,
-            "family": runtime.encoder.family,
-            "projection": None if runtime.encoder.projection is None
-            else ("trained" if runtime.encoder.projection_trained else "UNTRAINED (random, seed 0)"),
-        },
-        "device": str(runtime.device),
-        "dtype": str(runtime.dtype).removeprefix("torch."),
-        "resolution": runtime.resolution,
-        "unet_calls": runtime.unet_calls(),
-        "seeds": {"per_image": recipe.seed, "generator": "torch.Generator('cpu').manual_seed(seed), one per image"},
-        "processes": 1,
-    }
+    header = run_header(recipe_dict, runtime)
     recipe_fingerprint = manifest.fingerprint(
         recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type, "prompt": runtime.prompt}
     )
