@@ -38,6 +38,13 @@ def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--prior-prompt", default="chest x ray", show_default=True, help="Prompt of the prior-preservation class images.")
 @click.option("--class-data", type=click.Path(), help="Folder of class images (else generated once by the base model).")
 @click.option("--class-images", type=int, default=100, show_default=True, help="How many class images to generate.")
+@click.option("--placeholder-template", default="<{label}>", show_default=True,
+              help="textual-inversion: the new token of a class ({label} is its name).")
+@click.option("--initializer-token", default="chest", show_default=True,
+              help="textual-inversion: the existing single token new embeddings start from.")
+@click.option("--lora-rank", type=int, default=4, show_default=True, help="lora: adapter rank.")
+@click.option("--lora-alpha", type=float, default=4.0, show_default=True, help="lora: adapter scale numerator.")
+@click.option("--lora-text-encoder", is_flag=True, help="lora: adapters on the text encoder too.")
 @click.option("--learning-rate", type=float, default=5e-5, show_default=True)
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @click.option("--gradient-accumulation", type=int, default=1, show_default=True)

@@ -12,6 +12,12 @@ BUILTIN_FINETUNERS = (
         description="DreamBooth: UNet and text encoder (and projection) trained jointly, class by class, "
         "with class-specific prior preservation",
     ),
+    FinetunerSpec(
+        name="textual-inversion",
+        implementation="dva.finetune.textual_inversion:train",
+        description="Textual inversion: one new token per class learned in the text encoder's embeddings; "
+        "UNet, VAE and the rest of the encoder stay frozen",
+    ),
 )
 
 

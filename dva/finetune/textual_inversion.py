@@ -1,0 +1,234 @@
+"""Textual inversion with any registered encoder: one new token per class, nothing else trained.
+
+Each class of the schedule gets a placeholder token (``config.placeholder_template``, made safe:
+lower case, no spaces, e.g. ``<lung-opacity>``), added to the encoder's tokenizer and embedding
+matrix and initialised from ``config.initializer_token``'s embedding. Only those embedding rows
+learn: the UNet, the VAE, the rest of the encoder and its projection are frozen, and because the
+embedding matrix is one tensor, the gradients of its other rows are zeroed before every step and the
+rows themselves copied back after it (AdamW's weight decay touches every row), so every other weight
+stays byte-identical. Works with WordPiece (BERT family) and BPE (CLIP) tokenizers.
+
+The run follows :func:`dva.finetune.dreambooth.train`'s contract (and reuses its helpers): the
+schedule visits classes in order, every random draw of a step is seeded by (seed, step, micro-batch,
+rank) so a resumed run ends with the weights of an uninterrupted one, checkpoints every
+``checkpoint_every`` steps, ``train_log.csv``, and a dva model folder whose prompts use the
+placeholders. No prior preservation: the diffusion model does not change.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from dva.core.errors import ConfigError
+from dva.finetune import checkpoints
+from dva.finetune.dreambooth import LOG_FILE, FinetuneConfig, TrainingData, _load_parts, _loss, _save_model
+from dva.finetune.schedule import format_schedule, phase_at, total_steps
+
+STRATEGY = "textual-inversion"
+EMBEDS_FILE = "learned_embeds.safetensors"
+
+
+def placeholder_for(config: FinetuneConfig, label: str) -> str:
+    """The class's placeholder token: the template applied to the label, lower case, runs of spaces as '-'."""
+    try:
+        token = config.placeholder_template.format(label=label)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(
+            f"--placeholder-template {config.placeholder_template!r}: cannot be filled in ({error}); "
+            "write e.g. '<{label}>'."
+        ) from None
+    token = re.sub(r"\s+", "-", token.strip()).lower()
+    if not token or token == label.strip().lower():
+        raise ConfigError(
+            f"--placeholder-template {config.placeholder_template!r}: gives {token!r} for class '{label}', which is "
+            "not a new word; write e.g. '<{label}>'."
+        )
+    return token
+
+
+def class_prompt(config: FinetuneConfig, label: str, placeholder: str) -> str:
+    """The class's training prompt: its --class-prompt (where it names '{label}') or the template, on the placeholder."""
+    given = config.class_prompts.get(label)
+    if given:
+        prompt = given.replace("{label}", placeholder)
+        if placeholder not in prompt:
+            raise ConfigError(
+                f"--class-prompt {label}={given!r}: textual inversion needs the class's placeholder in its prompt; "
+                f"write '{{label}}' where {placeholder} belongs, e.g. '{{label}} chest x ray'."
+            )
+        return prompt
+    prompt = config.prompt_template.format(label=placeholder)
+    if placeholder not in prompt:
+        raise ConfigError(f"--prompt-template {config.prompt_template!r}: textual inversion needs '{{label}}' in it.")
+    return prompt
+
+
+def _initializer_id(tokenizer: Any, word: str) -> int:
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if len(ids) != 1 or (unknown is not None and ids[0] == unknown):
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+        raise ConfigError(
+            f"--initializer-token {word!r}: must be one token of the encoder's vocabulary, but it tokenizes to "
+            f"{len(ids)} token(s) {pieces}; pick a single word the tokenizer knows (e.g. 'chest', or a shorter one)."
+        )
+    return int(ids[0])
+
+
+def add_placeholders(encoder: Any, placeholders: dict[str, str], initializer: str) -> list[int]:
+    """Add the placeholder tokens to the tokenizer and embedding matrix, rows set to the initializer's; their ids."""
+    tokenizer, model = encoder.tokenizer, encoder.model
+    init_id = _initializer_id(tokenizer, initializer)
+    tokens = list(placeholders.values())
+    if len(set(tokens)) != len(tokens):
+        raise ConfigError(f"--placeholder-template gives the same token to two classes ({placeholders}); include '{{label}}'.")
+    vocabulary = tokenizer.get_vocab()
+    taken = [token for token in tokens if token in vocabulary]
+    if taken:
+        raise ConfigError(f"Placeholder token(s) {taken} are already in the encoder's vocabulary; change --placeholder-template.")
+    if tokenizer.add_tokens(tokens) != len(tokens):
+        raise ConfigError(f"The tokenizer refused placeholder token(s) {tokens}; change --placeholder-template.")
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    for token, token_id in zip(tokens, ids):
+        if tokenizer.encode(f"a {token} b", add_special_tokens=False).count(token_id) != 1:
+            raise ConfigError(f"Placeholder {token!r} does not tokenize to its own token; change --placeholder-template.")
+    try:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    except TypeError:  # transformers without mean_resizing
+        model.resize_token_embeddings(len(tokenizer))
+    weight = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for token_id in ids:
+            weight[token_id] = weight[init_id]
+    return list(ids)
+
+
+def train(
+    config: FinetuneConfig,
+    catalogue: Any,
+    on_step: Callable[[int, int, str, float], None] = lambda step, total, label, loss: None,
+) -> Path:
+    """Learn one token per scheduled class and write a dva model folder into ``config.out``; returns its path."""
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+
+    from dva.core.model_folder import DVA_JSON, write_dva_json
+    from dva.datasets.layouts import check_dataset, open_dataset
+
+    if config.use_sample_prompts:
+        raise ConfigError("--use-sample-prompts: textual inversion learns one token per class from the class prompt; drop the flag.")
+    if config.use_8bit_adam:
+        raise ConfigError("--use-8bit-adam: textual inversion trains a few embedding rows only; drop the flag.")
+    out = Path(config.out)
+    phases = config.schedule
+    labels = list(dict.fromkeys(phase.label for phase in phases))
+    placeholders = {label: placeholder_for(config, label) for label in labels}
+    prompts = {label: class_prompt(config, label, placeholders[label]) for label in labels}
+    dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
+    check_dataset(dataset, classes=labels)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        cpu=config.device == "cpu",
+    )
+    device = accelerator.device
+    source, unet, vae, scheduler_config, encoder = _load_parts(config, catalogue, device)
+    new_ids = add_placeholders(encoder, placeholders, config.initializer_token)
+    resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    noise_scheduler = DDPMScheduler.from_config(scheduler_config)
+    data = TrainingData({label: dataset.by_class(label) for label in dataset.classes()}, resolution)
+    # dreambooth's loss and saver read prompts through config.prompt_for: hand them the placeholder prompts
+    run_config = dataclasses.replace(config, class_prompts=prompts, use_sample_prompts=False, prior_weight=0.0)
+
+    unet.requires_grad_(False).eval()
+    vae.requires_grad_(False).eval()
+    encoder.requires_grad_(False)
+    encoder.eval()  # the frozen encoder as at inference (no dropout); only the new rows learn
+    embedding = encoder.model.get_input_embeddings().weight
+    embedding.requires_grad_(True)
+    original = embedding.detach().clone()
+    frozen_rows = torch.ones(embedding.shape[0], dtype=torch.bool, device=embedding.device)
+    frozen_rows[new_ids] = False
+    if config.gradient_checkpointing:
+        encoder.model.gradient_checkpointing_enable()
+    optimizer = torch.optim.AdamW([embedding], lr=config.learning_rate)
+    lr_scheduler = get_scheduler("constant", optimizer)
+    encoder, optimizer, lr_scheduler = accelerator.prepare(encoder, optimizer, lr_scheduler)
+    raw_encoder = accelerator.unwrap_model(encoder)
+    embedding = raw_encoder.model.get_input_embeddings().weight
+
+    total = total_steps(phases)
+    start = 0
+    out.mkdir(parents=True, exist_ok=True)
+    if config.resume:
+        found = checkpoints.find_checkpoint(out / "checkpoints", config.resume)
+        if found is not None:
+            state = checkpoints.read_state(found)
+            if state.get("placeholders", placeholders) != placeholders:
+                raise ConfigError(f"--resume {found}: learned placeholders {state['placeholders']}, not {placeholders}.")
+            accelerator.load_state(str(found))
+            start = int(state["step"])
+    log_path = out / LOG_FILE
+    if accelerator.is_main_process and start == 0:
+        log_path.write_text("step,class,loss,lr,seconds\n")
+    started = time.perf_counter()
+    for step in range(start, total):
+        phase = phase_at(phases, step)
+        losses = []
+        for micro in range(config.gradient_accumulation):
+            with accelerator.accumulate(encoder), accelerator.autocast():
+                loss = _loss(run_config, step, micro, accelerator, phase, data, None, unet, encoder, raw_encoder,
+                             vae, noise_scheduler, device, torch.float32)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    if embedding.grad is not None:
+                        embedding.grad[frozen_rows] = 0
+                    if config.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_([embedding], config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+                with torch.no_grad():  # weight decay moved every row: put the others back, bit for bit
+                    embedding[frozen_rows] = original[frozen_rows]
+            losses.append(float(loss.detach()))
+        value = float(np.mean(losses))
+        if accelerator.is_main_process:
+            with open(log_path, "a") as handle:
+                csv.writer(handle).writerow(
+                    [step + 1, phase.label, f"{value:.6f}", lr_scheduler.get_last_lr()[0], f"{time.perf_counter() - started:.2f}"]
+                )
+        on_step(step + 1, total, phase.label, value)
+        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
+            checkpoints.save_checkpoint(
+                accelerator, out / "checkpoints", step + 1,
+                {"schedule": format_schedule(phases), "strategy": STRATEGY, "placeholders": placeholders},
+                config.keep_checkpoints,
+            )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save_model(run_config, unet, vae, scheduler_config, raw_encoder, dataset, source, out, accelerator.num_processes)
+        learned = {token: embedding[token_id].detach().to("cpu", torch.float32).clone().contiguous()
+                   for token, token_id in zip(placeholders.values(), new_ids)}
+        save_file(learned, str(out / EMBEDS_FILE))
+        info = json.loads((out / DVA_JSON).read_text())
+        for key in ("format", "format_version"):
+            info.pop(key, None)
+        settings = dataclasses.asdict(config)
+        settings["schedule"] = format_schedule(phases)
+        info.update(strategy=STRATEGY, placeholders=placeholders, initializer_token=config.initializer_token,
+                    learned_embeddings=EMBEDS_FILE, settings=settings)
+        write_dva_json(out, **info)
+    accelerator.wait_for_everyone()
+    return out
