@@ -51,6 +51,10 @@ def inspect_model(location: str | None) -> ModelSource:
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"--model {location}: is a file; pass the model folder (with unet/, vae/, scheduler/).")
+        from dva.finetune.lora import is_lora_folder, resolve_lora_source
+
+        if is_lora_folder(path):  # adapters only: the base model named in its dva.json, with the adapters on top
+            return resolve_lora_source(path)
         missing = [part for part in REQUIRED_PARTS if not (path / part).is_file()]
         if missing:
             raise ConfigError(

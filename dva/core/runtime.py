@@ -164,6 +164,10 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
     unet, vae, scheduler_config = load_diffusion_parts(source, device, dtype)
     scheduler = build_scheduler(recipe, catalogue, scheduler_config)
     encoder = load_encoder(recipe, catalogue, source, int(unet.config.cross_attention_dim))
+    if source.dva.get("lora_folder"):
+        from dva.finetune.lora import apply_lora
+
+        apply_lora(unet, encoder, source.dva["lora_folder"])
     encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
     prior.load(ModelParts(unet, vae, scheduler, device, dtype))
     resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)

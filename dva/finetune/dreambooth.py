@@ -110,6 +110,11 @@ def _load_parts(config: FinetuneConfig, catalogue: Any, device: torch.device) ->
 
     quiet_libraries()
     source = inspect_model(config.base_model)
+    if source.dva.get("lora_folder"):
+        raise ConfigError(
+            f"--model {config.base_model}: is a LoRA adapter folder; fine-tune its base model "
+            f"({source.location}), or merge the adapters first."
+        )
     unet, vae, scheduler_config = load_diffusion_parts(source, device, torch.float32)
     recipe = Recipe(encoder=config.encoder, encoder_options={"path": config.encoder_path, "max_length": 77})
     encoder = load_encoder(recipe, catalogue, source, int(unet.config.cross_attention_dim))

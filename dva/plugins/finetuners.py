@@ -13,6 +13,11 @@ BUILTIN_FINETUNERS = (
         "with class-specific prior preservation",
     ),
     FinetunerSpec(
+        name="lora",
+        implementation="dva.finetune.lora:train",
+        description="LoRA adapters on the UNet's attention (optionally the text encoder); base frozen, small output",
+    ),
+    FinetunerSpec(
         name="textual-inversion",
         implementation="dva.finetune.textual_inversion:train",
         description="Textual inversion: one new token per class learned in the text encoder's embeddings; "
