@@ -51,6 +51,11 @@ def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
 @click.option("--gradient-checkpointing", is_flag=True)
 @click.option("--use-8bit-adam", is_flag=True, help="bitsandbytes' 8-bit AdamW.")
+@click.option("--cache-latents", is_flag=True, help="Encode the dataset with the VAE once instead of every step.")
+@click.option("--validation-every", type=int, default=0, show_default=True,
+              help="Every N steps, counterfactuals of held-out images with the current weights (0: never).")
+@click.option("--validation-images", type=click.Path(), help="Held-out abnormal images for validation (file or folder).")
+@click.option("--validation-count", type=int, default=4, show_default=True, help="How many validation images.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True)
 @click.option("--keep-checkpoints", type=int, default=2, show_default=True)
 @click.option("--resume", help="'latest' or a checkpoint folder: continue an interrupted run.")

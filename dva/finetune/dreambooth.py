@@ -59,6 +59,10 @@ class FinetuneConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     use_8bit_adam: bool = False
+    cache_latents: bool = False
+    validation_every: int = 0
+    validation_images: str | None = None
+    validation_count: int = 4
     max_grad_norm: float = 1.0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
