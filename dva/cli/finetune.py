@@ -9,6 +9,32 @@ import click
 from dva.core.errors import ConfigError
 
 
+CLI_TO_CONFIG = {"sample_prompts": "use_sample_prompts", "prior_prompt": "class_prompt"}
+
+
+def _entry_settings(entry: str | None, registries: tuple[str, ...], catalogue: Any) -> dict[str, Any]:
+    """Model, encoder and the ``finetune`` table of a registry entry, as FinetuneConfig fields."""
+    if entry is None:
+        return {}
+    from dva.core.registry import load_entries, resolve
+
+    recipe = resolve(load_entries(registries), catalogue, entry)
+    if not recipe.finetune:
+        raise ConfigError(f"Registry entry '{entry}' has no finetune table; use an entry such as finetune-thesis.")
+    settings = {"base_model": recipe.model, "encoder": recipe.encoder, "encoder_path": recipe.encoder_options.get("path")}
+    return {**{k: v for k, v in settings.items() if v is not None}, **recipe.finetune}
+
+
+def _check(settings: dict[str, Any]) -> None:
+    """Every setting against its typed option, named by its flag."""
+    from dva.finetune.settings import FINETUNE_OPTIONS
+
+    flags = {config: cli for cli, config in CLI_TO_CONFIG.items()}
+    for key, value in settings.items():
+        if key in FINETUNE_OPTIONS and value is not None and key != "class_prompts":
+            FINETUNE_OPTIONS[key].check(value, "--" + flags.get(key, key).replace("_", "-"))
+
+
 def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
     prompts = {}
     for pair in pairs:
@@ -20,10 +46,12 @@ def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command()
-@click.option("--model", "base_model", required=True, help="Base Stable Diffusion folder or hub id (or a dva model folder).")
+@click.option("--entry", help="Registry entry with a `finetune` table (e.g. finetune-thesis); flags override it.")
+@click.option("--registry", "registries", multiple=True, type=click.Path(dir_okay=False), help="Extra registry file.")
+@click.option("--model", "base_model", help="Base Stable Diffusion folder or hub id (or a dva model folder).")
 @click.option("--data", required=True, type=click.Path(), help="Labelled dataset (COVID-19 Radiography layout, class folders or CSV).")
 @click.option("--layout", default="auto", show_default=True, help="Dataset layout; see `dva plugins`.")
-@click.option("--schedule", required=True, help='Classes in order with their steps, e.g. "Normal:1200,Lung Opacity:500".')
+@click.option("--schedule", help='Classes in order with their steps, e.g. "Normal:1200,Lung Opacity:500".')
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The dva model folder to write.")
 @click.option("--strategy", default="dreambooth", show_default=True, help="Fine-tuning strategy.")
 @click.option("--encoder", help="Text encoder (default: the base model's own).")
@@ -62,8 +90,10 @@ def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu"]), default="auto", show_default=True,
               help="cpu forces the CPU; GPUs and processes come from `accelerate launch`.")
-def finetune(schedule: str, class_prompt_pairs: tuple[str, ...], strategy: str, prior_prompt: str, **options: Any) -> int:
-    """Fine-tune a base model on labelled scans (DreamBooth with any encoder, multi-class schedules)."""
+@click.pass_context
+def finetune(ctx: click.Context, entry: str | None, registries: tuple[str, ...], class_prompt_pairs: tuple[str, ...],
+             **options: Any) -> int:
+    """Fine-tune a base model on labelled scans (DreamBooth, textual inversion or LoRA; multi-class schedules)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -71,22 +101,22 @@ def finetune(schedule: str, class_prompt_pairs: tuple[str, ...], strategy: str, 
     from dva.finetune.dreambooth import FinetuneConfig
     from dva.finetune.schedule import parse_schedule
 
-    for name in ("batch_size", "gradient_accumulation", "class_images", "keep_checkpoints"):
-        if options[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} is {options[name]}; it must be at least 1.")
-    if not 0.0 <= options["prompt_dropout"] < 1.0:
-        raise ConfigError(f"--prompt-dropout is {options['prompt_dropout']}; it must be in [0, 1).")
-    if options["learning_rate"] <= 0 or options["prior_weight"] < 0:
-        raise ConfigError("--learning-rate must be positive and --prior-weight at least 0.")
     catalogue = get_catalogue()
+    settings = _entry_settings(entry, registries, catalogue)
+    for name, value in options.items():
+        key = CLI_TO_CONFIG.get(name, name)
+        given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        if given or key not in settings:
+            settings[key] = value
+    settings["class_prompts"] = {**settings.get("class_prompts", {}), **_class_prompts(class_prompt_pairs)}
+    for key in ("base_model", "schedule"):
+        if not settings.get(key):
+            flag = "--model" if key == "base_model" else "--schedule"
+            raise ConfigError(f"{flag} is missing; pass it, or an --entry whose recipe sets it.")
+    _check(settings)
+    strategy = settings.pop("strategy")
     trainer = catalogue.get("finetuner", strategy).resolve()
-    config = FinetuneConfig(
-        schedule=parse_schedule(schedule),
-        class_prompts=_class_prompts(class_prompt_pairs),
-        use_sample_prompts=options.pop("sample_prompts"),
-        class_prompt=prior_prompt,
-        **options,
-    )
+    config = FinetuneConfig(**{**settings, "schedule": parse_schedule(settings["schedule"])})
     console = Console(stderr=True, soft_wrap=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),

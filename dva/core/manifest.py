@@ -21,7 +21,7 @@ from dva.core.io import atomic_write_text
 RECORD = "record.json"
 MANIFEST = "manifest.json"
 # Settings that change no pixel of an image's outputs, so a rerun may differ in them and still resume.
-NOT_IN_FINGERPRINT = ("batch_size", "entry", "description")
+NOT_IN_FINGERPRINT = ("batch_size", "entry", "description", "finetune")
 
 
 def versions() -> dict[str, str]:

@@ -35,6 +35,7 @@ PLAIN_KEYS: dict[str, Option] = {
     "batch_size": Option(int, 1, "images per UNet batch (outputs do not depend on it)", 1, 4096),
     "device": Option(str, "auto", "auto, cpu, cuda, cuda:N or mps"),
     "dtype": Option(str, "auto", "auto, float32, float16 or bfloat16", choices=("auto", "float32", "float16", "bfloat16")),
+    "finetune": Option(dict, None, "settings of `dva finetune --entry` (see docs/finetune.md)"),
 }
 
 DEFAULT_COMPONENTS = {"encoder": None, "prior": "sdedit", "scheduler": None, "modality": "chest-xray"}
@@ -62,6 +63,7 @@ class Recipe:
     batch_size: int = 1
     device: str = "auto"
     dtype: str = "auto"
+    finetune: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +174,10 @@ def resolve(
                         component_options[key] = {}
                     merged[key] = name
                     component_options[key].update(options)
+                elif key == "finetune":
+                    from dva.finetune.settings import check_finetune_table
+
+                    merged[key] = {**merged.get(key, {}), **check_finetune_table(value, where)}
                 elif key in PLAIN_KEYS:
                     merged[key] = PLAIN_KEYS[key].check(value, where)
                 else:
