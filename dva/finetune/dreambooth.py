@@ -9,7 +9,7 @@ so a run resumed from a checkpoint ends with the same weights as an uninterrupte
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import hashlib
 import json
 import time
@@ -27,8 +27,10 @@ from dva.core import io
 from dva.core.errors import ConfigError
 from dva.finetune import checkpoints
 from dva.finetune.schedule import Phase, format_schedule, phase_at, total_steps
+from dva.finetune.validation import TrainingLog, Validator, validation_files
 
 LOG_FILE = "train_log.csv"
+CACHE_ON_DEVICE_BYTES = 2 << 30  # cached latents above this stay on the CPU
 
 
 @dataclass
@@ -87,24 +89,98 @@ def _seed(*parts: int) -> int:
 
 
 class TrainingData:
-    """Class-indexed images at the model's resolution, drawn per step from seeded generators."""
+    """Class-indexed images at the model's resolution, drawn per step from seeded generators.
+
+    With :meth:`cache_latents`, every image's VAE posterior (mean and std) is computed once and a step
+    reads those instead of encoding its images again (the draws from the step's generators stay the same).
+    """
 
     def __init__(self, samples_by_class: dict[str, list[Any]], resolution: int) -> None:
         self.by_class = samples_by_class
         self.resolution = resolution
         self._load = lru_cache(maxsize=4096)(self._read)
+        self.latents: dict[Path, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _read(self, path: Path) -> np.ndarray:
         pixels, _ = io.to_model_input(io.read_scan(path).pixels, self.resolution)
         return (np.clip(pixels, 0, 1) * 255 + 0.5).astype(np.uint8)
 
+    @staticmethod
+    def _path(sample: Any) -> Path:
+        return sample.path if hasattr(sample, "path") else sample
+
+    def draw(self, label: str, count: int, rng: np.random.Generator) -> list[Any]:
+        """``count`` samples of ``label``, drawn with replacement from ``rng``."""
+        pool = self.by_class[label]
+        return [pool[i] for i in rng.integers(0, len(pool), size=count)]
+
+    def images(self, chosen: list[Any]) -> torch.Tensor:
+        """The samples as a (B, 3, H, W) tensor in [-1, 1]."""
+        gray = np.stack([self._load(self._path(sample)) for sample in chosen])
+        return torch.from_numpy(gray).float().div(127.5).sub(1.0)[:, None].repeat(1, 3, 1, 1)
+
     def batch(self, label: str, count: int, rng: np.random.Generator) -> tuple[torch.Tensor, list[Any]]:
         """``count`` images of ``label`` as a (B, 3, H, W) tensor in [-1, 1], and their samples."""
-        pool = self.by_class[label]
-        chosen = [pool[i] for i in rng.integers(0, len(pool), size=count)]
-        gray = np.stack([self._load(sample.path if hasattr(sample, "path") else sample) for sample in chosen])
-        images = torch.from_numpy(gray).float().div(127.5).sub(1.0)[:, None].repeat(1, 3, 1, 1)
-        return images, chosen
+        chosen = self.draw(label, count, rng)
+        return self.images(chosen), chosen
+
+    def cache_latents(self, vae: Any, device: torch.device, dtype: torch.dtype, labels: list[str] | None = None,
+                      context: Callable[[], Any] = contextlib.nullcontext, chunk: int = 8) -> None:
+        """Encode every image of ``labels`` (default: all) once: posterior mean and std in the VAE's dtype.
+
+        Kept on ``device`` when they fit in :data:`CACHE_ON_DEVICE_BYTES`, else on the CPU (moved per step).
+        """
+        paths = list(dict.fromkeys(self._path(sample) for label in (labels or list(self.by_class))
+                                   for sample in self.by_class[label]))
+        means, stds = [], []
+        with torch.no_grad(), context():
+            for begin in range(0, len(paths), chunk):
+                images = self.images(paths[begin:begin + chunk]).to(device, dtype=dtype)
+                posterior = vae.encode(images).latent_dist
+                means.append(posterior.mean.detach().cpu())
+                stds.append(posterior.std.detach().cpu())
+        mean, std = torch.cat(means), torch.cat(stds)
+        keep = device if 2 * mean.numel() * mean.element_size() <= CACHE_ON_DEVICE_BYTES else torch.device("cpu")
+        mean, std = mean.to(keep), std.to(keep)
+        self.latents = {path: (mean[index], std[index]) for index, path in enumerate(paths)}
+
+    def posterior(self, chosen: list[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached (mean, std) of the samples, stacked, on ``device``."""
+        assert self.latents is not None
+        pairs = [self.latents[self._path(sample)] for sample in chosen]
+        return (torch.stack([pair[0] for pair in pairs]).to(device), torch.stack([pair[1] for pair in pairs]).to(device))
+
+
+class TextCache:
+    """Text states per distinct prompt, for a frozen encoder (computed once, without gradients)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.states: dict[str, torch.Tensor] = {}
+
+    def __call__(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+        missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in self.states]
+        if missing:
+            with torch.no_grad():
+                states = self.encoder(missing, device)
+            self.states.update({prompt: state[None] for prompt, state in zip(missing, states.detach())})
+        return torch.cat([self.states[prompt] for prompt in prompts])
+
+
+def prepare_caches(config: FinetuneConfig, data: TrainingData, prior_data: TrainingData | None, vae: Any,
+                   raw_encoder: Any, device: torch.device, labels: list[str],
+                   context: Callable[[], Any] = contextlib.nullcontext) -> TextCache | None:
+    """With ``config.cache_latents``: encode the training (and class) images once, and return a text-state
+    cache when nothing of the encoder trains (else None: the encoder runs every step)."""
+    if not config.cache_latents:
+        return None
+    dtype = next(vae.parameters()).dtype
+    data.cache_latents(vae, device, dtype, labels, context)
+    if prior_data is not None:
+        prior_data.cache_latents(vae, device, dtype, None, context)
+    if any(parameter.requires_grad for parameter in raw_encoder.parameters()):
+        return None
+    return TextCache(raw_encoder)
 
 
 def _load_parts(config: FinetuneConfig, catalogue: Any, device: torch.device) -> tuple[Any, Any, Any, dict, Any]:
@@ -177,6 +253,7 @@ def train(
     phases = config.schedule
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
     check_dataset(dataset, classes=[phase.label for phase in phases])
+    validation = validation_files(config)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation,
@@ -228,10 +305,10 @@ def train(
         if found is not None:
             accelerator.load_state(str(found))
             start = int(checkpoints.read_state(found)["step"])
-    log_path = out / LOG_FILE
-    if accelerator.is_main_process and start == 0:
-        log_path.write_text("step,class,loss,lr,seconds\n")
     raw_encoder = accelerator.unwrap_model(encoder)
+    text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, [phase.label for phase in phases])
+    log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
+    validator = Validator(config, validation, resolution, scheduler_config, out, accelerator.is_main_process)
     started = time.perf_counter()
     for step in range(start, total):
         phase = phase_at(phases, step)
@@ -239,7 +316,7 @@ def train(
         for micro in range(config.gradient_accumulation):
             with accelerator.accumulate(unet, encoder):
                 loss = _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encoder, raw_encoder,
-                             vae, noise_scheduler, device, weight_dtype)
+                             vae, noise_scheduler, device, weight_dtype, text_cache)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
@@ -248,15 +325,14 @@ def train(
                 optimizer.zero_grad()
             losses.append(float(loss.detach()))
         value = float(np.mean(losses))
-        if accelerator.is_main_process:
-            with open(log_path, "a") as handle:
-                csv.writer(handle).writerow(
-                    [step + 1, phase.label, f"{value:.6f}", lr_scheduler.get_last_lr()[0], f"{time.perf_counter() - started:.2f}"]
-                )
+        log.write(step + 1, phase.label, value, lr_scheduler.get_last_lr()[0], time.perf_counter() - started)
+        if validator.due(step + 1):
+            validator(step + 1, accelerator.unwrap_model(unet), raw_encoder, vae, accelerator.autocast)
         on_step(step + 1, total, phase.label, value)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
             checkpoints.save_checkpoint(accelerator, out / "checkpoints", step + 1, {"schedule": format_schedule(phases)},
                                         config.keep_checkpoints)
+    log.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _save_model(config, accelerator.unwrap_model(unet), vae, scheduler_config, raw_encoder, dataset, source, out,
@@ -266,31 +342,45 @@ def train(
 
 
 def _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encoder, raw_encoder, vae,
-          noise_scheduler, device, weight_dtype) -> torch.Tensor:
-    """Denoising loss of one micro-batch (instance images plus, with prior preservation, class images)."""
+          noise_scheduler, device, weight_dtype, text_cache=None) -> torch.Tensor:
+    """Denoising loss of one micro-batch (instance images plus, with prior preservation, class images).
+
+    With cached latents (``data.latents``) the VAE posterior is read instead of computed, with the same draws
+    from the step's generators; ``text_cache`` (a frozen encoder) replaces the encoder's forward pass.
+    """
     seed = _seed(config.seed, step, micro, accelerator.process_index)
     rng = np.random.default_rng(seed)
     generator = torch.Generator("cpu").manual_seed(seed)
     torch.manual_seed(seed)  # dropout inside the encoder draws from the global generators
-    images, chosen = data.batch(phase.label, config.batch_size, rng)
+    chosen = data.draw(phase.label, config.batch_size, rng)
     prompts = [
         sample.prompt if config.use_sample_prompts and sample.prompt else config.prompt_for(phase.label)
         for sample in chosen
     ]
     prompts = ["" if rng.random() < config.prompt_dropout else prompt for prompt in prompts]
+    class_chosen = None
     if prior_data is not None:
-        class_images, _ = prior_data.batch("class", config.batch_size, rng)
-        images = torch.cat([images, class_images])
+        class_chosen = prior_data.draw("class", config.batch_size, rng)
         prompts += [config.class_prompt] * config.batch_size
     with torch.no_grad():
-        posterior = vae.encode(images.to(device, dtype=weight_dtype)).latent_dist
-        noise_for_latents = torch.randn(posterior.mean.shape, generator=generator).to(device, posterior.mean.dtype)
-        latents = (posterior.mean + posterior.std * noise_for_latents) * vae.config.scaling_factor
+        if data.latents is not None:
+            mean, std = data.posterior(chosen, device)
+            if class_chosen is not None:
+                class_mean, class_std = prior_data.posterior(class_chosen, device)
+                mean, std = torch.cat([mean, class_mean]), torch.cat([std, class_std])
+        else:
+            images = data.images(chosen)
+            if class_chosen is not None:
+                images = torch.cat([images, prior_data.images(class_chosen)])
+            posterior = vae.encode(images.to(device, dtype=weight_dtype)).latent_dist
+            mean, std = posterior.mean, posterior.std
+        noise_for_latents = torch.randn(mean.shape, generator=generator).to(device, mean.dtype)
+        latents = (mean + std * noise_for_latents) * vae.config.scaling_factor
     latents = latents.float()
     noise = torch.randn(latents.shape, generator=generator).to(device)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    embeddings = encoder(prompts, device)
+    embeddings = text_cache(prompts, device) if text_cache is not None else encoder(prompts, device)
     prediction = unet(noisy, timesteps, embeddings).sample
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, timesteps)

@@ -15,7 +15,6 @@ output folder holds only the adapters::
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
@@ -36,8 +35,10 @@ from dva.finetune.dreambooth import (
     _loss,
     _seed,
     generate_class_images,
+    prepare_caches,
 )
 from dva.finetune.schedule import format_schedule, phase_at, total_steps
+from dva.finetune.validation import TrainingLog, Validator, validation_files
 
 UNET_LORA = "unet_lora"
 TEXT_ENCODER_LORA = "text_encoder_lora"
@@ -87,6 +88,7 @@ def train(
     phases = config.schedule
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
     check_dataset(dataset, classes=[phase.label for phase in phases])
+    validation = validation_files(config)
     if is_lora_folder(Path(config.base_model).expanduser()):
         raise ConfigError(f"--model {config.base_model}: is itself a LoRA folder; pass its base model instead.")
     base = inspect_model(config.base_model)
@@ -157,10 +159,10 @@ def train(
         if found is not None:
             accelerator.load_state(str(found))
             start = int(checkpoints.read_state(found)["step"])
-    log_path = out / LOG_FILE
-    if accelerator.is_main_process and start == 0:
-        log_path.write_text("step,class,loss,lr,seconds\n")
     raw_encoder = accelerator.unwrap_model(encoder)
+    text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, [phase.label for phase in phases])
+    log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
+    validator = Validator(config, validation, resolution, scheduler_config, out, accelerator.is_main_process)
     started = time.perf_counter()
     for step in range(start, total):
         phase = phase_at(phases, step)
@@ -168,7 +170,7 @@ def train(
         for micro in range(config.gradient_accumulation):
             with accelerator.accumulate(unet, encoder):
                 loss = _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encoder, raw_encoder,
-                             vae, noise_scheduler, device, weight_dtype)
+                             vae, noise_scheduler, device, weight_dtype, text_cache)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
@@ -177,15 +179,14 @@ def train(
                 optimizer.zero_grad()
             losses.append(float(loss.detach()))
         value = float(np.mean(losses))
-        if accelerator.is_main_process:
-            with open(log_path, "a") as handle:
-                csv.writer(handle).writerow(
-                    [step + 1, phase.label, f"{value:.6f}", lr_scheduler.get_last_lr()[0], f"{time.perf_counter() - started:.2f}"]
-                )
+        log.write(step + 1, phase.label, value, lr_scheduler.get_last_lr()[0], time.perf_counter() - started)
+        if validator.due(step + 1):
+            validator(step + 1, accelerator.unwrap_model(unet), raw_encoder, vae, accelerator.autocast)
         on_step(step + 1, total, phase.label, value)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
             checkpoints.save_checkpoint(accelerator, out / "checkpoints", step + 1,
                                         {"schedule": format_schedule(phases), "strategy": "lora"}, config.keep_checkpoints)
+    log.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _save_adapters(config, accelerator.unwrap_model(unet), raw_encoder, train_projection, dataset, source, out,

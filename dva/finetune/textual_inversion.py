@@ -17,7 +17,6 @@ placeholders. No prior preservation: the diffusion model does not change.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import re
@@ -32,8 +31,17 @@ from safetensors.torch import save_file
 
 from dva.core.errors import ConfigError
 from dva.finetune import checkpoints
-from dva.finetune.dreambooth import LOG_FILE, FinetuneConfig, TrainingData, _load_parts, _loss, _save_model
+from dva.finetune.dreambooth import (
+    LOG_FILE,
+    FinetuneConfig,
+    TrainingData,
+    _load_parts,
+    _loss,
+    _save_model,
+    prepare_caches,
+)
 from dva.finetune.schedule import format_schedule, phase_at, total_steps
+from dva.finetune.validation import TrainingLog, Validator, validation_files
 
 STRATEGY = "textual-inversion"
 EMBEDS_FILE = "learned_embeds.safetensors"
@@ -138,6 +146,7 @@ def train(
     prompts = {label: class_prompt(config, label, placeholders[label]) for label in labels}
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
     check_dataset(dataset, classes=labels)
+    validation = validation_files(config)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation,
@@ -180,9 +189,9 @@ def train(
                 raise ConfigError(f"--resume {found}: learned placeholders {state['placeholders']}, not {placeholders}.")
             accelerator.load_state(str(found))
             start = int(state["step"])
-    log_path = out / LOG_FILE
-    if accelerator.is_main_process and start == 0:
-        log_path.write_text("step,class,loss,lr,seconds\n")
+    prepare_caches(config, data, None, vae, raw_encoder, device, labels, accelerator.autocast)  # the encoder trains
+    log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
+    validator = Validator(run_config, validation, resolution, scheduler_config, out, accelerator.is_main_process)
     started = time.perf_counter()
     for step in range(start, total):
         phase = phase_at(phases, step)
@@ -204,11 +213,9 @@ def train(
                     embedding[frozen_rows] = original[frozen_rows]
             losses.append(float(loss.detach()))
         value = float(np.mean(losses))
-        if accelerator.is_main_process:
-            with open(log_path, "a") as handle:
-                csv.writer(handle).writerow(
-                    [step + 1, phase.label, f"{value:.6f}", lr_scheduler.get_last_lr()[0], f"{time.perf_counter() - started:.2f}"]
-                )
+        log.write(step + 1, phase.label, value, lr_scheduler.get_last_lr()[0], time.perf_counter() - started)
+        if validator.due(step + 1):
+            validator(step + 1, unet, raw_encoder, vae, accelerator.autocast)
         on_step(step + 1, total, phase.label, value)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
             checkpoints.save_checkpoint(
@@ -216,6 +223,7 @@ def train(
                 {"schedule": format_schedule(phases), "strategy": STRATEGY, "placeholders": placeholders},
                 config.keep_checkpoints,
             )
+    log.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _save_model(run_config, unet, vae, scheduler_config, raw_encoder, dataset, source, out, accelerator.num_processes)

@@ -1,0 +1,46 @@
+"""The fine-tuning benchmark scripts run end to end (CPU smoke runs: --quick, --tiny) and write their JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# one thread: the smoke runs stay fast even when other processes share the cores
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def run_script(name: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=ROOT, env=ENV,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_gpu_finetune_tiny_runs_on_the_cpu_and_says_gpu_numbers_are_pending(tmp_path):
+    out = run_script("gpu_finetune.py", "--tiny", "--json", str(tmp_path / "gpu.json"))
+    assert "GPU numbers pending" in out
+    assert "| baseline (AdamW) |" in out and "| gradient checkpointing |" in out
+    payload = json.loads((tmp_path / "gpu.json").read_text())
+    assert payload["gpu_numbers_pending"] is True
+    ran = {row["variant"]: row for row in payload["results"] if "steps_per_s" in row}
+    assert {"baseline (AdamW)", "gradient checkpointing", "checkpointing + cached latents"} <= set(ran)
+    assert all(row["steps_per_s"] > 0 for row in ran.values())
+    for row in payload["results"]:  # 8-bit Adam: measured, or skipped with a note
+        if "8-bit" in row["variant"]:
+            assert "steps_per_s" in row or row.get("skipped")
+
+
+def test_bench_finetune_quick_compares_cached_with_uncached_latents(tmp_path):
+    out = run_script("bench_finetune.py", "--quick", "--json", str(tmp_path / "bench.json"))
+    assert "cached/uncached" in out
+    payload = json.loads((tmp_path / "bench.json").read_text())
+    rows = payload["results"][0]["rows"]
+    assert [row["prior_preservation"] for row in rows] == [False, True]
+    for row in rows:
+        assert row["uncached_steps_per_s"]["best"] > 0 and row["cached_steps_per_s"]["best"] > 0
+        assert row["cache_s_median"] > 0  # the cached runs did encode the data set once
+        assert row["max_loss_difference"] < 1e-3  # same draws: the same losses up to float rounding
