@@ -30,6 +30,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_run.py
+	$(PY) benchmarks/bench_finetune.py
 
 clean:
 	rm -rf demo-out .pytest_cache build *.egg-info
