@@ -10,7 +10,6 @@ import hashlib
 import io as _io
 import os
 import secrets
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path

@@ -298,7 +298,6 @@ def train(
     if weight_dtype != torch.float32:
         vae.to(device, dtype=weight_dtype)
 
-    total = total_steps(phases)
     start = 0
     if config.resume:
         found = checkpoints.find_checkpoint(out / "checkpoints", config.resume)
@@ -309,6 +308,32 @@ def train(
     text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, [phase.label for phase in phases])
     log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
     validator = Validator(config, validation, resolution, scheduler_config, out, accelerator.is_main_process)
+    train_loop(
+        config, accelerator, phases=phases, start=start, out=out, data=data, prior_data=prior_data, unet=unet,
+        encoder=encoder, raw_encoder=raw_encoder, vae=vae, noise_scheduler=noise_scheduler, weight_dtype=weight_dtype,
+        text_cache=text_cache, parameters=parameters, optimizer=optimizer, lr_scheduler=lr_scheduler,
+        validator=validator, log=log, on_step=on_step, checkpoint_state={"schedule": format_schedule(phases)},
+    )
+    log.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save_model(config, accelerator.unwrap_model(unet), vae, scheduler_config, raw_encoder, dataset, source, out,
+                    accelerator.num_processes)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def train_loop(
+    config: FinetuneConfig, accelerator: Any, *, phases: list[Phase], start: int, out: Path, data: Any, prior_data: Any,
+    unet: Any, encoder: Any, raw_encoder: Any, vae: Any, noise_scheduler: Any, weight_dtype: torch.dtype,
+    text_cache: Any, parameters: list, optimizer: Any, lr_scheduler: Any, validator: Any, log: Any,
+    on_step: Callable[[int, int, str, float], None], checkpoint_state: dict[str, Any],
+) -> None:
+    """The optimizer steps from ``start`` to the schedule's end: loss, backward, clip, step, log, validate, checkpoint.
+
+    Shared by the strategies that train through the denoising loss (DreamBooth, LoRA).
+    """
+    total = total_steps(phases)
     started = time.perf_counter()
     for step in range(start, total):
         phase = phase_at(phases, step)
@@ -316,7 +341,7 @@ def train(
         for micro in range(config.gradient_accumulation):
             with accelerator.accumulate(unet, encoder):
                 loss = _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encoder, raw_encoder,
-                             vae, noise_scheduler, device, weight_dtype, text_cache)
+                             vae, noise_scheduler, accelerator.device, weight_dtype, text_cache)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
@@ -330,15 +355,7 @@ def train(
             validator(step + 1, accelerator.unwrap_model(unet), raw_encoder, vae, accelerator.autocast)
         on_step(step + 1, total, phase.label, value)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-            checkpoints.save_checkpoint(accelerator, out / "checkpoints", step + 1, {"schedule": format_schedule(phases)},
-                                        config.keep_checkpoints)
-    log.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _save_model(config, accelerator.unwrap_model(unet), vae, scheduler_config, raw_encoder, dataset, source, out,
-                    accelerator.num_processes)
-    accelerator.wait_for_everyone()
-    return out
+            checkpoints.save_checkpoint(accelerator, out / "checkpoints", step + 1, checkpoint_state, config.keep_checkpoints)
 
 
 def _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encoder, raw_encoder, vae,

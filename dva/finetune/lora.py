@@ -16,13 +16,11 @@ output folder holds only the adapters::
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dva.core.errors import ConfigError
@@ -32,12 +30,12 @@ from dva.finetune.dreambooth import (
     FinetuneConfig,
     TrainingData,
     _load_parts,
-    _loss,
     _seed,
     generate_class_images,
     prepare_caches,
+    train_loop,
 )
-from dva.finetune.schedule import format_schedule, phase_at, total_steps
+from dva.finetune.schedule import format_schedule, total_steps
 from dva.finetune.validation import TrainingLog, Validator, validation_files
 
 UNET_LORA = "unet_lora"
@@ -152,7 +150,6 @@ def train(
         if not encoder_trains:
             encoder.to(device, dtype=weight_dtype)
 
-    total = total_steps(phases)
     start = 0
     if config.resume:
         found = checkpoints.find_checkpoint(out / "checkpoints", config.resume)
@@ -163,29 +160,13 @@ def train(
     text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, [phase.label for phase in phases])
     log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
     validator = Validator(config, validation, resolution, scheduler_config, out, accelerator.is_main_process)
-    started = time.perf_counter()
-    for step in range(start, total):
-        phase = phase_at(phases, step)
-        losses = []
-        for micro in range(config.gradient_accumulation):
-            with accelerator.accumulate(unet, encoder):
-                loss = _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encoder, raw_encoder,
-                             vae, noise_scheduler, device, weight_dtype, text_cache)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and config.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-            losses.append(float(loss.detach()))
-        value = float(np.mean(losses))
-        log.write(step + 1, phase.label, value, lr_scheduler.get_last_lr()[0], time.perf_counter() - started)
-        if validator.due(step + 1):
-            validator(step + 1, accelerator.unwrap_model(unet), raw_encoder, vae, accelerator.autocast)
-        on_step(step + 1, total, phase.label, value)
-        if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-            checkpoints.save_checkpoint(accelerator, out / "checkpoints", step + 1,
-                                        {"schedule": format_schedule(phases), "strategy": "lora"}, config.keep_checkpoints)
+    train_loop(
+        config, accelerator, phases=phases, start=start, out=out, data=data, prior_data=prior_data, unet=unet,
+        encoder=encoder, raw_encoder=raw_encoder, vae=vae, noise_scheduler=noise_scheduler, weight_dtype=weight_dtype,
+        text_cache=text_cache, parameters=parameters, optimizer=optimizer, lr_scheduler=lr_scheduler,
+        validator=validator, log=log, on_step=on_step,
+        checkpoint_state={"schedule": format_schedule(phases), "strategy": "lora"},
+    )
     log.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
