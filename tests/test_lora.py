@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -208,3 +209,19 @@ def test_lora_from_the_command_line_writes_a_small_folder(tiny_radbert_model, da
     info = json.loads((out / "dva.json").read_text())
     assert info["strategy"] == "lora" and info["lora"]["rank"] == 2
     assert not (out / "unet").exists() and (out / "unet_lora" / "adapter_model.safetensors").is_file()
+
+
+def test_lora_loss_goes_down_on_phantoms(catalogue, tiny_radbert_model, tmp_path):
+    from dva.datasets.phantoms import make_phantoms
+    from dva.finetune.dreambooth import FinetuneConfig
+    from dva.finetune.schedule import parse_schedule
+
+    data = make_phantoms(tmp_path / "phantoms", 4, 64, seed=3)
+    settings = FinetuneConfig(
+        base_model=str(tiny_radbert_model), data=str(data), out=str(tmp_path / "adapters"),
+        schedule=parse_schedule("Lung Opacity:24"), device="cpu", learning_rate=0.1, batch_size=2, prior_weight=0.0,
+        checkpoint_every=0, cache_latents=True,
+    )
+    losses = []
+    lora.train(settings, catalogue, on_step=lambda step, total, label, loss: losses.append(loss))
+    assert np.mean(losses[-6:]) < 0.97 * np.mean(losses[:6]), losses
