@@ -51,3 +51,14 @@ def find_checkpoint(folder: Path, resume: str) -> Path | None:
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
     return json.loads((checkpoint / "trainer.json").read_text())
+
+
+def resume(accelerator: Any, folder: Path, resume_from: str | None) -> int:
+    """Load the checkpoint ``resume_from`` names (``latest`` or a folder) into ``accelerator``; the step to go on from."""
+    if not resume_from:
+        return 0
+    found = find_checkpoint(folder, resume_from)
+    if found is None:
+        return 0
+    accelerator.load_state(str(found))
+    return int(read_state(found)["step"])

@@ -183,6 +183,19 @@ def prepare_caches(config: FinetuneConfig, data: TrainingData, prior_data: Train
     return TextCache(raw_encoder)
 
 
+def make_optimizer(parameters: list, config: FinetuneConfig) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW with ``use_8bit_adam``."""
+    optimizer_class = torch.optim.AdamW
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes
+
+            optimizer_class = bitsandbytes.optim.AdamW8bit
+        except ImportError as error:
+            raise ConfigError("--use-8bit-adam needs bitsandbytes; pip install bitsandbytes, or drop the flag.") from error
+    return optimizer_class(parameters, lr=config.learning_rate)
+
+
 def _load_parts(config: FinetuneConfig, catalogue: Any, device: torch.device) -> tuple[Any, Any, Any, dict, Any]:
     from dva.core.model_folder import inspect_model
     from dva.core.registry import Recipe
@@ -283,27 +296,14 @@ def train(
         if config.train_text_encoder:
             encoder.model.gradient_checkpointing_enable()
     parameters = [p for module in (unet, encoder) for p in module.parameters() if p.requires_grad]
-    optimizer_class = torch.optim.AdamW
-    if config.use_8bit_adam:
-        try:
-            import bitsandbytes
-
-            optimizer_class = bitsandbytes.optim.AdamW8bit
-        except ImportError as error:
-            raise ConfigError("--use-8bit-adam needs bitsandbytes; pip install bitsandbytes, or drop the flag.") from error
-    optimizer = optimizer_class(parameters, lr=config.learning_rate)
+    optimizer = make_optimizer(parameters, config)
     lr_scheduler = get_scheduler("constant", optimizer)
     unet, encoder, optimizer, lr_scheduler = accelerator.prepare(unet, encoder, optimizer, lr_scheduler)
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
     if weight_dtype != torch.float32:
         vae.to(device, dtype=weight_dtype)
 
-    start = 0
-    if config.resume:
-        found = checkpoints.find_checkpoint(out / "checkpoints", config.resume)
-        if found is not None:
-            accelerator.load_state(str(found))
-            start = int(checkpoints.read_state(found)["step"])
+    start = checkpoints.resume(accelerator, out / "checkpoints", config.resume)
     raw_encoder = accelerator.unwrap_model(encoder)
     text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, [phase.label for phase in phases])
     log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)

@@ -32,6 +32,7 @@ from dva.finetune.dreambooth import (
     _load_parts,
     _seed,
     generate_class_images,
+    make_optimizer,
     prepare_caches,
     train_loop,
 )
@@ -129,15 +130,7 @@ def train(
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     parameters = [p for module in (unet, encoder) for p in module.parameters() if p.requires_grad]
-    optimizer_class = torch.optim.AdamW
-    if config.use_8bit_adam:
-        try:
-            import bitsandbytes
-
-            optimizer_class = bitsandbytes.optim.AdamW8bit
-        except ImportError as error:
-            raise ConfigError("--use-8bit-adam needs bitsandbytes; pip install bitsandbytes, or drop the flag.") from error
-    optimizer = optimizer_class(parameters, lr=config.learning_rate)
+    optimizer = make_optimizer(parameters, config)
     lr_scheduler = get_scheduler("constant", optimizer)
     encoder_trains = any(p.requires_grad for p in encoder.parameters())
     if encoder_trains:  # DDP refuses a module with nothing to train
@@ -150,12 +143,7 @@ def train(
         if not encoder_trains:
             encoder.to(device, dtype=weight_dtype)
 
-    start = 0
-    if config.resume:
-        found = checkpoints.find_checkpoint(out / "checkpoints", config.resume)
-        if found is not None:
-            accelerator.load_state(str(found))
-            start = int(checkpoints.read_state(found)["step"])
+    start = checkpoints.resume(accelerator, out / "checkpoints", config.resume)
     raw_encoder = accelerator.unwrap_model(encoder)
     text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, [phase.label for phase in phases])
     log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
