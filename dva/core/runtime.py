@@ -170,8 +170,13 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
         apply_lora(unet, encoder, source.dva["lora_folder"])
     encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
     prior.load(ModelParts(unet, vae, scheduler, device, dtype))
-    resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    resolution = model_resolution(unet, vae)
     return Runtime(recipe, source, device, dtype, encoder, prior, resolution, healthy_prompt(recipe, source, catalogue))
+
+
+def model_resolution(unet: Any, vae: Any) -> int:
+    """Image side in pixels: the UNet's latent size times the VAE's downsampling factor."""
+    return int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def healthy_prompt(recipe: Recipe, source: ModelSource, catalogue: Any) -> str:

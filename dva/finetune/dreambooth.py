@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dva.core import io
+from dva.core.runtime import model_resolution
 from dva.core.errors import ConfigError
 from dva.finetune import checkpoints
 from dva.finetune.schedule import Phase, format_schedule, phase_at, total_steps
@@ -183,6 +184,22 @@ def prepare_caches(config: FinetuneConfig, data: TrainingData, prior_data: Train
     return TextCache(raw_encoder)
 
 
+def make_accelerator(config: FinetuneConfig) -> Any:
+    """accelerate's Accelerator for the run's precision, accumulation and device."""
+    from accelerate import Accelerator
+
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        cpu=config.device == "cpu",
+    )
+
+
+def weight_dtype_of(config: FinetuneConfig) -> torch.dtype:
+    """The dtype frozen parts (VAE, a frozen encoder) run in under mixed precision."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
+
+
 def make_optimizer(parameters: list, config: FinetuneConfig) -> torch.optim.Optimizer:
     """AdamW, or bitsandbytes' 8-bit AdamW with ``use_8bit_adam``."""
     optimizer_class = torch.optim.AdamW
@@ -256,7 +273,6 @@ def train(
     on_step: Callable[[int, int, str, float], None] = lambda step, total, label, loss: None,
 ) -> Path:
     """Run the schedule and write a dva model folder into ``config.out``; returns its path."""
-    from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
@@ -267,14 +283,10 @@ def train(
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
     check_dataset(dataset, classes=[phase.label for phase in phases])
     validation = validation_files(config)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        cpu=config.device == "cpu",
-    )
+    accelerator = make_accelerator(config)
     device = accelerator.device
     source, unet, vae, scheduler_config, encoder = _load_parts(config, catalogue, device)
-    resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    resolution = model_resolution(unet, vae)
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     out.mkdir(parents=True, exist_ok=True)
     class_files = (
@@ -299,7 +311,7 @@ def train(
     optimizer = make_optimizer(parameters, config)
     lr_scheduler = get_scheduler("constant", optimizer)
     unet, encoder, optimizer, lr_scheduler = accelerator.prepare(unet, encoder, optimizer, lr_scheduler)
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision, torch.float32)
+    weight_dtype = weight_dtype_of(config)
     if weight_dtype != torch.float32:
         vae.to(device, dtype=weight_dtype)
 

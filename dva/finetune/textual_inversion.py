@@ -38,6 +38,8 @@ from dva.finetune.dreambooth import (
     _load_parts,
     _loss,
     _save_model,
+    make_accelerator,
+    model_resolution,
     prepare_caches,
 )
 from dva.finetune.schedule import format_schedule, phase_at, total_steps
@@ -128,7 +130,6 @@ def train(
     on_step: Callable[[int, int, str, float], None] = lambda step, total, label, loss: None,
 ) -> Path:
     """Learn one token per scheduled class and write a dva model folder into ``config.out``; returns its path."""
-    from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
 
@@ -147,15 +148,11 @@ def train(
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
     check_dataset(dataset, classes=labels)
     validation = validation_files(config)
-    accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation,
-        cpu=config.device == "cpu",
-    )
+    accelerator = make_accelerator(config)
     device = accelerator.device
     source, unet, vae, scheduler_config, encoder = _load_parts(config, catalogue, device)
     new_ids = add_placeholders(encoder, placeholders, config.initializer_token)
-    resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    resolution = model_resolution(unet, vae)
     noise_scheduler = DDPMScheduler.from_config(scheduler_config)
     data = TrainingData({label: dataset.by_class(label) for label in dataset.classes()}, resolution)
     # dreambooth's loss and saver read prompts through config.prompt_for: hand them the placeholder prompts
