@@ -106,3 +106,22 @@ def make_bad_inputs():
         return files
 
     return make
+
+
+@pytest.fixture(scope="session")
+def catalogue():
+    """The built-in plugins only (installed third-party plugins left out)."""
+    from dva.core.plugins import load_catalogue
+
+    return load_catalogue(entry_points=False)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """A class-folders dataset for fine-tuning: three 'Normal' and three 'Lung Opacity' 64 px images."""
+    root = tmp_path_factory.mktemp("class-folders")
+    for label, offset in (("Normal", 0), ("Lung Opacity", 10)):
+        (root / label).mkdir()
+        for index in range(3):
+            Image.fromarray(chest_like(64, offset + index)).save(root / label / f"{index}.png")
+    return root

@@ -9,30 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from dva.core.errors import ConfigError
-from dva.core.plugins import load_catalogue
 from dva.finetune.dreambooth import FinetuneConfig, train
 from dva.finetune.schedule import Phase, parse_schedule, phase_at
-from tests.conftest import chest_like
-
-
-@pytest.fixture(scope="module")
-def catalogue():
-    return load_catalogue(entry_points=False)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """Class folders: three 'Normal' and three 'Lung Opacity' 64 px images."""
-    root = tmp_path_factory.mktemp("data")
-    for label, offset in (("Normal", 0), ("Lung Opacity", 10)):
-        (root / label).mkdir()
-        for index in range(3):
-            Image.fromarray(chest_like(64, offset + index)).save(root / label / f"{index}.png")
-    return root
 
 
 def config(model, data, out, schedule, **overrides) -> FinetuneConfig:

@@ -11,10 +11,6 @@ from dva.core.errors import ConfigError
 from dva.core.plugins import load_catalogue
 from dva.core.registry import load_entries, resolve, validate
 from dva.finetune.settings import FINETUNE_OPTIONS
-from tests import test_finetune
-
-dataset = test_finetune.dataset
-
 
 def test_every_registry_setting_is_a_finetune_config_field():
     from dva.finetune.dreambooth import FinetuneConfig

@@ -13,26 +13,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dva.core.errors import ConfigError
-from dva.core.plugins import load_catalogue
 from dva.finetune import validation
 from dva.finetune.dreambooth import train
 from tests.conftest import chest_like
 from tests.test_finetune import config, log_rows
-
-
-@pytest.fixture(scope="module")
-def catalogue():
-    return load_catalogue(entry_points=False)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for label, offset in (("Normal", 0), ("Lung Opacity", 10)):
-        (root / label).mkdir()
-        for index in range(3):
-            Image.fromarray(chest_like(64, offset + index)).save(root / label / f"{index}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,7 @@ from safetensors.torch import load_file
 
 from dva.core.errors import ConfigError
 from dva.finetune.textual_inversion import train
-from tests import test_finetune
 from tests.test_finetune import config, log_rows
-
-catalogue = test_finetune.catalogue  # the fixtures of tests/test_finetune.py: the built-in catalogue,
-dataset = test_finetune.dataset  # three 'Normal' and three 'Lung Opacity' 64 px images
 
 PARTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors")
 
