@@ -4,7 +4,7 @@ The public API for plugin authors: the ``hookimpl`` marker, the spec classes a p
 and the errors that reach users as one clear sentence. Importing this module does not import torch.
 """
 
-from dva.core.errors import ConfigError, DvaError, InputError, PluginError
+from dva.core.errors import ConfigError, DvaError, InputError, MetricUnavailable, PluginError
 from dva.core.hookspecs import hookimpl
 from dva.core.specs import (
     ComponentSpec,
@@ -27,6 +27,7 @@ __all__ = [
     "FinetunerSpec",
     "InputError",
     "MetricSpec",
+    "MetricUnavailable",
     "ModalitySpec",
     "Option",
     "PluginError",

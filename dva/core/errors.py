@@ -30,6 +30,10 @@ class PluginError(DvaError):
     """A plugin is broken or conflicts with another one."""
 
 
+class MetricUnavailable(DvaError):
+    """A measure cannot run here (its weights are absent); evaluation skips it with this note."""
+
+
 def unknown_name(kind: str, name: str, available: Iterable[str]) -> ConfigError:
     """``Unknown encoder 'radbrt'. Did you mean 'radbert'? Available: ...``."""
     names = sorted(available)

@@ -27,6 +27,7 @@ BUILTIN_PLUGINS = (
     "dva.plugins.modalities",
     "dva.plugins.finetuners",
     "dva.plugins.datasets",
+    "dva.plugins.metrics",
 )
 
 HOOK_FOR_KIND = {

@@ -143,9 +143,24 @@ class FinetunerSpec(ComponentSpec):
 
 @dataclass(frozen=True)
 class MetricSpec(ComponentSpec):
-    """An evaluation metric (FID, SSIM, localisation, ...)."""
+    """An evaluation measure (FID, SSIM, localisation, ...).
+
+    ``scope`` says what it compares, and so which call its implementation (a class built with the
+    checked options) answers: ``"sets"``, two image sets, ``distance(paths_a, paths_b)``;
+    ``"pairs"``, each input and its counterfactual, ``score(input, counterfactual, mask)``;
+    ``"maps"``, an attribution map and a ground-truth lesion, ``score(attribution, lesion, region)``.
+    ``score`` returns named values (``columns``). An implementation whose weights are absent raises
+    :class:`dva.core.errors.MetricUnavailable` when built; evaluation skips it with that note.
+    """
 
     kind: ClassVar[str] = "metric"
+
+    scope: str = "pairs"
+    columns: tuple[str, ...] = ()
+
+    def create(self, **options: Any) -> Any:
+        """The measure for these (already checked) options."""
+        return self.resolve()(**options)
 
 
 @dataclass(frozen=True)
