@@ -127,3 +127,26 @@ def test_textual_inversion_from_the_command_line(tiny_radbert_model, dataset, tm
     assert done.value.code == 0, capsys.readouterr().err
     info = json.loads((out / "dva.json").read_text())
     assert info["strategy"] == "textual-inversion" and info["prompts"]["healthy"] == "a <normal> chest x ray"
+
+
+def test_the_learned_token_lowers_the_loss_on_the_same_noise(catalogue, tiny_radbert_model, tmp_path):
+    """Textual inversion's loss, step by step, against a run whose token cannot move (learning rate 0).
+
+    Every random draw of a step is seeded by (seed, step), so both runs see the same images, noise and
+    timesteps: the only difference is the learned embedding. On a tiny random base model the prompt
+    barely steers the UNet (the loss falls by about 1e-5), far below the step-to-step noise of a plain
+    "loss goes down" check; paired with the frozen run the improvement is visible at almost every step.
+    """
+    from dva.datasets.phantoms import make_phantoms
+
+    data = make_phantoms(tmp_path / "phantoms", 4, 64, seed=3)
+    losses = {}
+    for learning_rate in (0.0, 0.05):
+        steps: list[float] = []
+        train(config(tiny_radbert_model, data, tmp_path / f"lr-{learning_rate}", "Lung Opacity:16",
+                     learning_rate=learning_rate, initializer_token="chest", cache_latents=True),
+              catalogue, on_step=lambda step, total, label, loss: steps.append(loss))
+        losses[learning_rate] = np.array(steps)
+    frozen, learned = losses[0.0], losses[0.05]
+    assert frozen[0] == learned[0], "the first step runs before any update"
+    assert np.mean(learned[1:] < frozen[1:]) >= 0.8, (frozen, learned)
