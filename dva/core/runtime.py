@@ -6,7 +6,10 @@ Stable Diffusion parts, the encoder (with its projection) and the prior together
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,31 @@ from dva.core.registry import Recipe
 log = logging.getLogger("dva")
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+_LOADED: ContextVar[dict[tuple, Any] | None] = ContextVar("dva_loaded_components", default=None)
+
+
+@contextlib.contextmanager
+def reuse_components() -> Iterator[None]:
+    """Inside this block :func:`assemble` loads each model's UNet and VAE, and each encoder, only once.
+
+    ``dva compare`` runs many recipes over the same model; loading a full-size UNet takes seconds to
+    minutes, and the loaded parts are never changed by a run (LoRA models, which are, are not reused).
+    """
+    token = _LOADED.set({})
+    try:
+        yield
+    finally:
+        _LOADED.reset(token)
+
+
+def _reused(key: tuple, load: Callable[[], Any]) -> Any:
+    loaded = _LOADED.get()
+    if loaded is None:
+        return load()
+    if key not in loaded:
+        loaded[key] = load()
+    return loaded[key]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -161,14 +189,22 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
     device = pick_device(recipe.device)
     dtype = pick_dtype(recipe.dtype, device)
     prior = catalogue.get("prior", recipe.prior).create(**recipe.prior_options)
-    unet, vae, scheduler_config = load_diffusion_parts(source, device, dtype)
+    lora = source.dva.get("lora_folder")
+    reuse = _reused if not lora else (lambda key, load: load())
+    unet, vae, scheduler_config = reuse(("parts", source.location, device, dtype),
+                                        lambda: load_diffusion_parts(source, device, dtype))
     scheduler = build_scheduler(recipe, catalogue, scheduler_config)
-    encoder = load_encoder(recipe, catalogue, source, int(unet.config.cross_attention_dim))
-    if source.dva.get("lora_folder"):
-        from dva.finetune.lora import apply_lora
 
-        apply_lora(unet, encoder, source.dva["lora_folder"])
-    encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    def encoder_on_device() -> Any:
+        encoder = load_encoder(recipe, catalogue, source, int(unet.config.cross_attention_dim))
+        if lora:
+            from dva.finetune.lora import apply_lora
+
+            apply_lora(unet, encoder, lora)
+        return encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+    encoder_key = ("encoder", source.location, recipe.encoder, tuple(sorted(recipe.encoder_options.items())), device, dtype)
+    encoder = reuse(encoder_key, encoder_on_device)
     prior.load(ModelParts(unet, vae, scheduler, device, dtype))
     resolution = model_resolution(unet, vae)
     return Runtime(recipe, source, device, dtype, encoder, prior, resolution, healthy_prompt(recipe, source, catalogue))
