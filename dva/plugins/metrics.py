@@ -24,7 +24,7 @@ BUILTIN_METRICS = (
     ),
     MetricSpec(
         name="ssim",
-        implementation="dva.metrics.measures:SimilarityMeasure",
+        implementation="dva.metrics.measures:SsimMeasure",
         description="SSIM (pytorch-msssim) between each input and its counterfactual, grayscale",
         scope="pairs",
         columns=("ssim",),
@@ -32,7 +32,7 @@ BUILTIN_METRICS = (
     ),
     MetricSpec(
         name="ms-ssim",
-        implementation="dva.metrics.measures:SimilarityMeasure",
+        implementation="dva.metrics.measures:MsSsimMeasure",
         description="MS-SSIM (pytorch-msssim); fewer scales on images under 161 px, recorded",
         scope="pairs",
         columns=("ms_ssim", "ms_ssim_scales"),

@@ -1,0 +1,135 @@
+"""What a ``dva run`` folder holds, and which sample of a labelled dataset each of its images came from."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dva.core.errors import ConfigError
+from dva.core.io import Padding
+from dva.datasets import LabelledDataset, Sample
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One completed image of a run: where its outputs are and how they map onto the input."""
+
+    folder: Path
+    input: Path
+    sha256: str
+    original_size: tuple[int, int]
+    padding: Padding
+    prompt: str
+    mask: Path | None = None
+
+    @property
+    def counterfactual(self) -> Path:
+        """The counterfactual at the input's original size (as the real images are), else at model size."""
+        full = self.folder / "fullsize" / "counterfactual.png"
+        return full if full.is_file() else self.folder / "counterfactual.png"
+
+    @property
+    def model_input(self) -> Path:
+        return self.folder / "input.png"
+
+    @property
+    def model_counterfactual(self) -> Path:
+        return self.folder / "counterfactual.png"
+
+    def attribution(self) -> np.ndarray:
+        """The signed map ``input - counterfactual`` at the input's original size."""
+        from safetensors.numpy import load_file
+
+        return load_file(str(self.folder / "attribution.safetensors"))["attribution_fullsize"]
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """A run folder's header (recipe, model, prompt) and its completed images."""
+
+    folder: Path
+    header: dict[str, Any]
+    images: list[GeneratedImage]
+    failed: int
+
+
+def read_run(folder: str | Path) -> RunOutputs:
+    """The completed images of a ``dva run`` output folder, from its manifest."""
+    folder = Path(folder)
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise ConfigError(f"{folder}: not a dva run folder (no manifest.json); pass the --out folder of a dva run.")
+    try:
+        header = json.loads(manifest.read_text())
+        records = header.pop("images")
+    except (ValueError, KeyError) as error:
+        raise ConfigError(f"{manifest}: unreadable manifest ({error}); rerun dva run into this folder.") from None
+    prompt = header.get("prompt") or ""
+    images = [
+        GeneratedImage(
+            folder=folder / record["output"],
+            input=Path(record["input"]),
+            sha256=record["sha256"],
+            original_size=tuple(record["original_size"]),
+            padding=Padding(**record["padding"]),
+            prompt=prompt,
+            mask=Path(record["mask"]) if record.get("mask") else None,
+        )
+        for record in records
+        if record.get("status") == "done"
+    ]
+    if not images:
+        raise ConfigError(f"{folder}: the run has no completed images; finish it with dva run first.")
+    return RunOutputs(folder, header, images, failed=len(records) - len(images))
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A generated image and the dataset sample it was made from."""
+
+    image: GeneratedImage
+    sample: Sample
+
+
+INPUTS_LABEL = "inputs"
+
+
+def pair_with_inputs(images: list[GeneratedImage]) -> list[Pair]:
+    """Without a dataset: each image with its own input (and the run's mask), all of one class."""
+    return [Pair(image, Sample(image.input, INPUTS_LABEL, mask=image.mask)) for image in images]
+
+
+def pair_with_dataset(images: list[GeneratedImage], dataset: LabelledDataset) -> tuple[list[Pair], list[GeneratedImage]]:
+    """Match each generated image to its input's sample: by path, else by content hash (a moved dataset).
+
+    Returns the pairs and the images that come from no sample of the dataset.
+    """
+    from dva.core.io import file_sha256
+
+    by_path = {sample.path.resolve(): sample for sample in dataset.samples}
+    unmatched = [image for image in images if image.input.resolve() not in by_path]
+    by_hash: dict[str, Sample] = {}
+    if unmatched:
+        wanted = {image.sha256 for image in unmatched}
+        for sample in dataset.samples:
+            digest = file_sha256(sample.path)
+            if digest in wanted:
+                by_hash.setdefault(digest, sample)
+    pairs, strangers = [], []
+    for image in images:
+        sample = by_path.get(image.input.resolve()) or by_hash.get(image.sha256)
+        if sample is None:
+            strangers.append(image)
+        else:
+            pairs.append(Pair(image, sample))
+    if not pairs:
+        example = images[0].input
+        raise ConfigError(
+            f"None of the {len(images)} generated images comes from the --real dataset {dataset.root} "
+            f"(e.g. {example}); evaluate a run whose inputs are images of that dataset."
+        )
+    return pairs, strangers

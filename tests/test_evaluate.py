@@ -1,0 +1,265 @@
+"""dva evaluate: the thesis' tables from one call on a run, localisation against lesions, clear refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dva import MetricSpec, hookimpl
+from dva.core.errors import ConfigError
+from dva.core.plugins import load_catalogue
+
+PHANTOM_CLASSES = ("Normal", "Lung Opacity", "Cardiomegaly")
+
+
+class MeanGap:
+    """A set measure for tests: the gap between the two sets' mean intensities (instant, exact)."""
+
+    def distance(self, paths_a, paths_b):
+        return abs(mean_intensity(paths_a) - mean_intensity(paths_b))
+
+
+def mean_intensity(paths) -> float:
+    return float(np.mean([np.asarray(Image.open(p).convert("L"), dtype=np.float64).mean() for p in paths]))
+
+
+@pytest.fixture(scope="module")
+def catalogue_with_mean_gap():
+    def register_metrics(register):
+        register(MetricSpec(name="mean-gap", implementation="tests.test_evaluate:MeanGap", scope="sets",
+                            columns=("mean_gap",)))
+
+    plugin = types.ModuleType("mean_gap_plugin")
+    plugin.register_metrics = hookimpl(register_metrics)
+    return load_catalogue(entry_points=False, extra=[plugin])
+
+
+def dva_run(catalogue, model: Path, inputs: list[Path], out: Path, **overrides) -> Path:
+    from dva.core.registry import load_entries, resolve
+    from dva.core.run import run
+
+    recipe = resolve(load_entries(), catalogue, "default", {"model": str(model), "steps": 4, **overrides})
+    assert run(recipe, [str(p) for p in inputs], out, catalogue).exit_code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    from dva.datasets.phantoms import make_phantoms
+
+    return make_phantoms(tmp_path_factory.mktemp("evaluate") / "phantoms", 3, 64, seed=11)
+
+
+@pytest.fixture(scope="module")
+def counterfactual_run(catalogue, tiny_radbert_model, phantoms, tmp_path_factory) -> Path:
+    """Healthy counterfactuals of every phantom, as the thesis made of every image of its dataset."""
+    inputs = [phantoms / label / "images" for label in PHANTOM_CLASSES]
+    return dva_run(catalogue, tiny_radbert_model, inputs, tmp_path_factory.mktemp("evaluate") / "run")
+
+
+def open_phantoms(path: Path):
+    from dva.datasets.layouts import open_dataset
+
+    return open_dataset(path)
+
+
+def evaluate(catalogue, dataset_path: Path, runs: list[Path], **settings):
+    from dva.evaluate.evaluation import Settings, evaluate as evaluate_runs
+    from dva.evaluate.runs import read_run
+
+    return evaluate_runs(open_phantoms(dataset_path), [read_run(r) for r in runs], Settings(**settings), catalogue)
+
+
+def table(evaluation, key: str):
+    return next(t for t in evaluation.tables if t.key == key)
+
+
+def test_the_thesis_tables_from_one_call(catalogue_with_mean_gap, phantoms, counterfactual_run, tmp_path):
+    from dva.evaluate.evaluation import write_evaluation
+
+    result = evaluate(catalogue_with_mean_gap, phantoms, [counterfactual_run],
+                      metrics=["mean-gap", "ssim", "ms-ssim", "localisation"])
+    assert [t.key for t in result.tables] == ["6.1-mean-gap", "6.2-mean-gap", "6.3", "localisation", "null-test"]
+
+    def real(label):
+        return sorted((phantoms / label / "images").glob("*.png"))
+
+    def generated(label):
+        return sorted(counterfactual_run.glob(f"{label}-*/fullsize/counterfactual.png"))
+
+    gap = MeanGap().distance
+    rows = table(result, "6.1-mean-gap").rows
+    assert [row[:2] for row in rows[3:]] == [
+        ["Lung Opacity (3)", "Generated Healthy from Lung Opacity (3)"],
+        ["Lung Opacity (3)", "Real Healthy (3)"],
+        ["", "relative absolute difference"],
+    ]
+    assert [row[0] for row in rows[:3]] == ["Cardiomegaly (3)", "Cardiomegaly (3)", ""], "the dataset's class order"
+    assert rows[3][2] == pytest.approx(gap(real("Lung Opacity"), generated("Lung Opacity")))
+    assert rows[4][2] == pytest.approx(gap(real("Lung Opacity"), real("Normal")))
+    assert rows[5][2] == pytest.approx(abs(rows[4][2] - rows[3][2]))
+    assert table(result, "6.2-mean-gap").rows[0] == [
+        "Real Healthy (3)", "Generated Healthy from Cardiomegaly (3)",
+        pytest.approx(gap(real("Normal"), generated("Cardiomegaly")))]
+
+    similarity = table(result, "6.3")
+    assert similarity.columns == ["class", "images", "SSIM", "MS-SSIM", "MS-SSIM scales"]
+    assert [row[:2] for row in similarity.rows] == [["Cardiomegaly", 3], ["Lung Opacity", 3], ["Normal", 3]]
+    assert all(0.0 < row[2] <= 1.0 and 0.0 < row[3] <= 1.0 for row in similarity.rows)
+
+    out = tmp_path / "evaluation"
+    write_evaluation(out, result)
+    assert sorted(p.name for p in out.iterdir()) == ["evaluation.json", "per_image.csv", "tables.csv", "tables.md"]
+    assert "## Table 6.1: mean-gap" in (out / "tables.md").read_text()
+    document = json.loads((out / "evaluation.json").read_text())
+    assert document["mode"] == "counterfactual" and document["healthy_class"] == "Normal"
+    assert document["evaluated_images"] == 9 and "torch" in document["versions"]
+    with open(out / "per_image.csv") as handle:
+        per_image = list(csv.DictReader(handle))
+    assert len(per_image) == 9 and {"input", "class", "ssim", "ms_ssim", "auroc", "lung_energy"} <= set(per_image[0])
+
+
+def test_ssim_in_table_6_3_is_pytorch_msssim_on_input_and_counterfactual(catalogue, phantoms, counterfactual_run):
+    import torch
+    from pytorch_msssim import ssim
+
+    result = evaluate(catalogue, phantoms, [counterfactual_run], metrics=["ssim"])
+    expected = []
+    for folder in sorted(counterfactual_run.glob("Lung Opacity-*")):
+        pair = [np.asarray(Image.open(folder / name).convert("RGB"), dtype=np.float32).mean(-1) / 255.0
+                for name in ("input.png", "counterfactual.png")]
+        a, b = (torch.from_numpy(p)[None, None] for p in pair)
+        expected.append(float(ssim(a, b, data_range=1.0)))
+    row = next(r for r in table(result, "6.3").rows if r[0] == "Lung Opacity")
+    assert row[2] == pytest.approx(np.mean(expected), abs=1e-3)
+
+
+def test_a_map_equal_to_the_lesion_scores_perfectly_and_healthy_maps_are_the_null_test(
+    catalogue, phantoms, counterfactual_run, tmp_path
+):
+    """Rewrite each Lung Opacity map as its ground-truth lesion: the measures must reach their maxima."""
+    from safetensors.numpy import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(counterfactual_run, run)
+    for folder in run.glob("Lung Opacity-*"):
+        lesion = np.asarray(Image.open(phantoms / "Lung Opacity" / "lesions" / f"{folder.name}.png")) > 127
+        maps = load_file(str(folder / "attribution.safetensors"))
+        maps["attribution_fullsize"] = lesion.astype(np.float32)
+        save_file(maps, str(folder / "attribution.safetensors"))
+    result = evaluate(catalogue, phantoms, [run], metrics=["localisation"])
+    localisation = table(result, "localisation")
+    row = dict(zip(localisation.columns, next(r for r in localisation.rows if r[0] == "Lung Opacity")))
+    assert row["images"] == 3
+    assert row["auroc"] == pytest.approx(1.0) and row["auprc"] == pytest.approx(1.0)
+    assert row["best_dice"] == pytest.approx(1.0) and row["pointing_game"] == 1.0
+    null_test = table(result, "null-test")
+    assert null_test.columns == ["class", "images", "energy", "relative to healthy"]
+    assert null_test.rows[0][0] == "Normal" and null_test.rows[0][3] == pytest.approx(1.0)
+
+
+def test_an_induction_run_gives_table_8_1(catalogue_with_mean_gap, tiny_radbert_model, phantoms, tmp_path):
+    run = dva_run(catalogue_with_mean_gap, tiny_radbert_model, [phantoms / "Normal" / "images"], tmp_path / "induced",
+                  prompt="cardiomegaly")
+    result = evaluate(catalogue_with_mean_gap, phantoms, [run], metrics=["mean-gap"])
+    assert result.summary["mode"] == "induction" and result.summary["induced"] == "Cardiomegaly"
+    (induction,) = result.tables
+    assert induction.key == "8.1-mean-gap"
+    assert [row[:2] for row in induction.rows] == [["Real Cardiomegaly (3)", "Generated Cardiomegaly (3)"],
+                                                   ["Real Healthy (3)", "Generated Cardiomegaly (3)"]]
+
+
+def test_fid_in_table_6_1_equals_pytorch_fid_on_the_same_sets(catalogue, phantoms, counterfactual_run, fid_weights,
+                                                                tmp_path):
+    import torch
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    result = evaluate(catalogue, phantoms, [counterfactual_run], metrics=["fid"],
+                      metric_options={"fid": {"weights": str(fid_weights)}}, cache_dir=str(tmp_path / "cache"))
+    generated = tmp_path / "generated"
+    generated.mkdir()
+    for folder in counterfactual_run.glob("Lung Opacity-*"):
+        shutil.copy(folder / "fullsize" / "counterfactual.png", generated / f"{folder.name}.png")
+    with torch.no_grad():
+        expected = calculate_fid_given_paths([str(phantoms / "Lung Opacity" / "images"), str(generated)], 50, "cpu", 2048)
+    assert table(result, "6.1").rows[0][2] == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_set_of_one_image_is_refused_before_anything_is_computed(catalogue_with_mean_gap, phantoms,
+                                                                   counterfactual_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(counterfactual_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    kept = [r for r in manifest["images"] if not r["output"].startswith("Cardiomegaly-")
+            or r["output"] == "Cardiomegaly-1"]
+    (run / "manifest.json").write_text(json.dumps({**manifest, "images": kept}))
+    with pytest.raises(ConfigError, match="at least 2 images per set .* 'Generated Healthy from Cardiomegaly' has 1"):
+        evaluate(catalogue_with_mean_gap, phantoms, [run], metrics=["mean-gap"])
+
+
+def test_a_run_on_other_images_is_refused(catalogue, phantoms, tiny_radbert_model, images, tmp_path):
+    run = dva_run(catalogue, tiny_radbert_model, images, tmp_path / "other")
+    with pytest.raises(ConfigError, match="None of the 3 generated images comes from the --real dataset"):
+        evaluate(catalogue, phantoms, [run], metrics=["ssim"])
+
+
+def test_localisation_without_lesion_masks_is_refused_and_skipped_by_default(catalogue, tiny_radbert_model, dataset,
+                                                                             fid_weights, tmp_path):
+    run = dva_run(catalogue, tiny_radbert_model, [dataset / "Lung Opacity"], tmp_path / "run")
+    with pytest.raises(ConfigError, match="localisation needs ground-truth lesion masks"):
+        evaluate(catalogue, dataset, [run], metrics=["localisation"])
+    result = evaluate(catalogue, dataset, [run], metric_options={"fid": {"weights": str(fid_weights)}},
+                      cache_dir=str(tmp_path / "cache"))
+    assert [t.key for t in result.tables] == ["6.1", "6.2", "6.3"]
+    assert result.summary["metrics"] == ["fid", "ssim", "ms-ssim"]
+    assert any(note.startswith("localisation skipped") for note in result.notes)
+
+
+def test_an_unavailable_metric_is_skipped_with_a_note(catalogue, phantoms, counterfactual_run):
+    result = evaluate(catalogue, phantoms, [counterfactual_run], metrics=["xrv-fid", "ssim"])
+    assert [t.key for t in result.tables] == ["6.3"]
+    assert any(note.startswith("xrv-fid skipped: xrv-fid needs torchxrayvision") for note in result.notes)
+
+
+def test_not_a_run_folder_and_unknown_metrics_are_named(catalogue, phantoms, tmp_path, capsys):
+    from dva.cli import main
+    from dva.evaluate.runs import read_run
+
+    with pytest.raises(ConfigError, match="not a dva run folder"):
+        read_run(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", "--real", str(phantoms), "--generated", str(tmp_path), "--metrics", "ssin"])
+    assert done.value.code == 2
+    assert "Unknown metric 'ssin'. Did you mean 'ssim'?" in capsys.readouterr().err
+
+
+def test_evaluate_from_the_command_line(phantoms, counterfactual_run, tmp_path, capsys):
+    from dva.cli import main
+
+    out = tmp_path / "tables"
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", "--real", str(phantoms), "--generated", str(counterfactual_run), "--metrics", "ssim,ms-ssim",
+              "--within-lungs", "--out", str(out)])
+    assert done.value.code == 0, capsys.readouterr().err
+    shown = capsys.readouterr().out
+    assert "Table 6.3: input against counterfactual (inside the lung masks)" in shown
+    assert (out / "tables.md").is_file() and (out / "evaluation.json").is_file()
+
+
+def test_fid_of_two_folders_from_the_command_line(phantoms, fid_weights, tmp_path, capsys):
+    from dva.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["evaluate", "fid", str(phantoms / "Normal" / "images"), str(phantoms / "Cardiomegaly" / "images"),
+              "--fid-weights", str(fid_weights), "--cache-dir", str(tmp_path / "cache"), "--json",
+              str(tmp_path / "fid.json")])
+    assert done.value.code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "fid.json").read_text())
+    assert result["first"]["images"] == 3 and result["fid"] > 0
