@@ -1,0 +1,103 @@
+"""``dva compare``: run every combination of encoders, priors, schedulers, strengths and guidance scales on the
+same inputs, evaluate each, and write a table, a contact sheet and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dva.core.errors import ConfigError
+
+
+def _names(text: str | None, flag: str) -> list[str]:
+    values = [v.strip() for v in (text or "").split(",") if v.strip()]
+    if text is not None and not values:
+        raise ConfigError(f"{flag} is empty; give comma-separated names, e.g. {flag} radbert,clip.")
+    return values
+
+
+def _numbers(text: str | None, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in _names(text, flag)]
+    except ValueError:
+        raise ConfigError(f"{flag} {text}: expected comma-separated numbers, e.g. {flag} 0.55,0.85.") from None
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--encoders", help="Comma-separated text encoders (default: the entry's or model's own).")
+@click.option("--priors", help="Comma-separated image priors, e.g. sdedit,controlnet-canny.")
+@click.option("--schedulers", help="Comma-separated schedulers, e.g. pndm,ddim,dpm-solver++.")
+@click.option("--strength", "strengths", help="Comma-separated SDEdit strengths, e.g. 0.55,0.85.")
+@click.option("--guidance-scale", "guidance_scales", help="Comma-separated guidance scales, e.g. 4,7.5.")
+@click.option("--entry", default="default", show_default=True, help="Registry entry every combination starts from.")
+@click.option("--registry", "registries", multiple=True, type=click.Path(dir_okay=False), help="Extra registry file.")
+@click.option("--model", help="Stable Diffusion folder or hub id, or a dva model folder.")
+@click.option("--steps", type=int, help="Scheduler steps.")
+@click.option("--seed", type=int, help="Seed of each image's own generator (the same in every combination).")
+@click.option("--batch-size", type=int, help="Images per batch.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute precision.")
+@click.option("--mask", type=click.Path(), help="Mask image, or a folder of masks matched to inputs by file stem.")
+@click.option("--real", type=click.Path(), help="The labelled dataset the inputs come from: adds FID and localisation.")
+@click.option("--metrics", help="Comma-separated metrics (default: what the data allow).")
+@click.option("--fid-weights", type=click.Path(dir_okay=False), help="pytorch-fid Inception weights (state dict).")
+@click.option("--healthy-class", help="The dataset's healthy class (default: Normal, Healthy or No Finding).")
+@click.option("--out", default="dva-compare", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+def compare(inputs: tuple[str, ...], encoders: str | None, priors: str | None, schedulers: str | None,
+            strengths: str | None, guidance_scales: str | None, entry: str, registries: tuple[str, ...],
+            mask: str | None, real: str | None, metrics: str | None, fid_weights: str | None,
+            healthy_class: str | None, out: str, **common: Any) -> int:
+    """Run and evaluate every combination on INPUTS; write comparison.{csv,md,json}, a contact sheet and plots."""
+    import json
+    import math
+
+    from rich.console import Console
+
+    from dva.cli.evaluate import _metric_list
+    from dva.core.io import atomic_write_text
+    from dva.core.manifest import versions
+    from dva.core.plugins import get_catalogue
+    from dva.datasets.layouts import open_dataset
+    from dva.evaluate.compare import comparison_table, grid, resolve_all, run_all
+    from dva.evaluate.evaluation import Settings
+    from dva.evaluate.figures import contact_sheet_html, contact_sheet_png, measures_html, plots
+    from dva.evaluate.tables import to_csv, to_markdown, to_rich
+
+    console = Console(stderr=True, soft_wrap=True)
+    catalogue = get_catalogue()
+    combinations = grid(_names(encoders, "--encoders"), _names(priors, "--priors"), _names(schedulers, "--schedulers"),
+                        _numbers(strengths, "--strength"), _numbers(guidance_scales, "--guidance-scale"))
+    overrides = {key: value for key, value in common.items() if value is not None}
+    recipes = resolve_all(combinations, entry, registries, catalogue, overrides)
+    names = _metric_list(metrics)
+    for name in names or ():
+        catalogue.get("metric", name)
+    options = {"fid": {"weights": fid_weights}} if fid_weights else {}
+    dataset = open_dataset(real, "auto", catalogue) if real else None
+    settings = Settings(names, options, healthy_class, None, False, common.get("device"))
+    target = Path(out)
+
+    def announce(index: int, combination: Any) -> None:
+        console.print(f"[bold]{index + 1}/{len(combinations)}[/] {combination.label}", highlight=False)
+
+    outcomes = run_all(combinations, recipes, list(inputs), target, catalogue, dataset, settings, mask=mask,
+                       on_combination=announce)
+    table = comparison_table(outcomes)
+    atomic_write_text(target / "comparison.csv", to_csv([table]))
+    atomic_write_text(target / "comparison.md", "# dva compare\n\n" + to_markdown([table]))
+    document = {"versions": versions(), "entry": entry, "inputs": list(inputs), "real": real,
+                "table": table.as_dict(),
+                "combinations": [{**vars(o.combination), "run": str(o.run), "error": o.error, "images": o.images,
+                                  "seconds_per_image": None if math.isnan(o.seconds_per_image) else o.seconds_per_image, "summary": o.summary} for o in outcomes]}
+    atomic_write_text(target / "comparison.json", json.dumps(document, indent=1, default=str) + "\n")
+    contact_sheet_png(outcomes, target / "contact_sheet.png")
+    contact_sheet_html(outcomes, target / "contact_sheet.html", measures_html(outcomes))
+    figures = plots(outcomes, target / "plots")
+    Console(soft_wrap=True).print(to_rich(table))
+    console.print(f"Written to {target}/: comparison.csv, .md, .json, contact_sheet.png, contact_sheet.html"
+                  + "".join(f", plots/{p.name}" for p in figures), highlight=False)
+    failed = sum(o.error is not None for o in outcomes)
+    return 1 if failed else 0

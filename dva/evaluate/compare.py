@@ -1,0 +1,148 @@
+"""``dva compare``: every combination of encoders, priors, schedulers, strengths and guidance scales,
+run on the same inputs with loaded components reused, each evaluated, in one table.
+
+Every recipe is resolved before anything runs, so a misspelled name fails in a second; a combination
+that fails while running (an encoder whose weights are missing, ...) is reported in its row and the
+others go on.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dva.evaluate.evaluation import Evaluation, Settings, evaluate
+from dva.evaluate.runs import read_run
+from dva.evaluate.tables import Table
+
+SUMMARY_COLUMNS = {
+    "ssim": "SSIM", "ms_ssim": "MS-SSIM", "fid": "FID", "auroc": "AUROC", "auprc": "AUPRC",
+    "dice_otsu": "Dice (Otsu)", "best_dice": "best Dice", "null_ratio": "null energy ratio",
+}
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One point of the grid; None leaves the entry's (or model's) own choice."""
+
+    encoder: str | None = None
+    prior: str | None = None
+    scheduler: str | None = None
+    strength: float | None = None
+    guidance_scale: float | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        return {key: value for key, value in vars(self).items() if value is not None}
+
+    @property
+    def label(self) -> str:
+        parts = [self.encoder, self.prior, self.scheduler,
+                 None if self.strength is None else f"strength {self.strength:g}",
+                 None if self.guidance_scale is None else f"guidance {self.guidance_scale:g}"]
+        return " · ".join(p for p in parts if p) or "entry defaults"
+
+    @property
+    def slug(self) -> str:
+        """A folder name: the combination's values joined by underscores."""
+        parts = [self.encoder, self.prior, self.scheduler,
+                 None if self.strength is None else f"s{self.strength:g}",
+                 None if self.guidance_scale is None else f"g{self.guidance_scale:g}"]
+        return "_".join(p.replace("/", "-") for p in parts if p) or "defaults"
+
+
+def grid(encoders: Sequence[str], priors: Sequence[str], schedulers: Sequence[str], strengths: Sequence[float],
+         guidance_scales: Sequence[float]) -> list[Combination]:
+    """The cartesian product; an empty axis keeps the entry's value."""
+    axes = [list(axis) or [None] for axis in (encoders, priors, schedulers, strengths, guidance_scales)]
+    return [Combination(*values) for values in itertools.product(*axes)]
+
+
+@dataclass
+class Outcome:
+    """A combination's run folder and its evaluation, or why it failed."""
+
+    combination: Combination
+    run: Path
+    evaluation: Evaluation | None = None
+    error: str | None = None
+    seconds_per_image: float = math.nan
+    images: int = 0
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def summarise(evaluation: Evaluation) -> dict[str, float]:
+    """One number per measure for the comparison: means over images, FID over the generated sets."""
+    rows = evaluation.per_image
+    summary: dict[str, float] = {}
+    for key in SUMMARY_COLUMNS:
+        values = [float(row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+        values = [v for v in values if not math.isnan(v)]
+        if values:
+            summary[key] = float(np.mean(values))
+    fids = [row[2] for table in evaluation.tables if table.key in ("6.2", "8.1") for row in table.rows[:1 if
+            table.key == "8.1" else None]]
+    if fids:
+        summary["fid"] = float(np.mean(fids))
+    null = next((table for table in evaluation.tables if table.key == "null-test"), None)
+    if null is not None and len(null.rows) > 1 and null.rows[0][2] > 0:
+        others = [row[2] for row in null.rows[1:]]
+        summary["null_ratio"] = float(null.rows[0][2] / np.mean(others))
+    return summary
+
+
+def resolve_all(combinations: list[Combination], entry: str, registries: Sequence[str], catalogue: Any,
+                common: dict[str, Any]) -> list[Any]:
+    """Every combination's recipe, resolved (and so checked) before any runs."""
+    from dva.core.registry import load_entries, resolve
+
+    entries = load_entries(registries)
+    return [resolve(entries, catalogue, entry, {**common, **c.overrides()}) for c in combinations]
+
+
+def run_all(combinations: list[Combination], recipes: list[Any], inputs: list[str], out: Path, catalogue: Any,
+            dataset: Any, settings: Settings, mask: str | None = None,
+            on_combination: Callable[[int, Combination], None] = lambda index, combination: None,
+            run_options: dict[str, Any] | None = None) -> list[Outcome]:
+    """Run and evaluate each combination into ``out/runs/<slug>``, loading each model part once."""
+    from dva.core.run import run
+    from dva.core.runtime import reuse_components
+
+    outcomes = []
+    with reuse_components():
+        for index, (combination, recipe) in enumerate(zip(combinations, recipes)):
+            on_combination(index, combination)
+            outcome = Outcome(combination, out / "runs" / combination.slug)
+            started = time.perf_counter()
+            try:
+                result = run(recipe, inputs, outcome.run, catalogue, mask=mask, **(run_options or {}))
+                run_outputs = read_run(outcome.run)
+                outcome.images = len(run_outputs.images)
+                outcome.seconds_per_image = (time.perf_counter() - started) / max(outcome.images, 1)
+                outcome.evaluation = evaluate(dataset, [run_outputs], settings, catalogue)
+                outcome.summary = summarise(outcome.evaluation)
+                if result.count("failed"):
+                    outcome.error = f"{result.count('failed')} inputs failed (see {outcome.run}/manifest.json)"
+            except Exception as error:  # a failed combination is reported; the others go on
+                outcome.error = str(error).splitlines()[0] if str(error) else type(error).__name__
+            outcomes.append(outcome)
+    return outcomes
+
+
+def comparison_table(outcomes: list[Outcome]) -> Table:
+    measured = [key for key in SUMMARY_COLUMNS if any(key in o.summary for o in outcomes)]
+    axes = [name for name in ("encoder", "prior", "scheduler", "strength", "guidance_scale")
+            if len({getattr(o.combination, name) for o in outcomes}) > 1 or getattr(outcomes[0].combination, name)]
+    table = Table("comparison", "Comparison of combinations",
+                  [*axes, "images", "s/image", *(SUMMARY_COLUMNS[k] for k in measured), "status"])
+    for outcome in outcomes:
+        values = [getattr(outcome.combination, name) for name in axes]
+        table.rows.append([*values, outcome.images, outcome.seconds_per_image,
+                           *(outcome.summary.get(k, math.nan) for k in measured), outcome.error or "ok"])
+    return table
