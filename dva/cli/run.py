@@ -10,7 +10,7 @@ import click
 from dva.core.errors import ConfigError
 
 
-def _prior_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+def _prior_options(pairs: tuple[str, ...], flag: str = "--prior-option", example: str = "low_threshold=50") -> dict[str, Any]:
     """``KEY=VALUE`` pairs; values are read as TOML scalars (``0.5``, ``true``, ``150``), else as text."""
     from dva.core.registry import tomllib
 
@@ -18,7 +18,7 @@ def _prior_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--prior-option {pair}: expected KEY=VALUE, e.g. --prior-option low_threshold=50.")
+            raise ConfigError(f"{flag} {pair}: expected KEY=VALUE, e.g. {flag} {example}.")
         try:
             options[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
@@ -36,6 +36,9 @@ def _prior_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--prior", help="Image prior (sdedit, controlnet-canny, ...).")
 @click.option("--prior-option", "prior_option", multiple=True, metavar="KEY=VALUE", help="A prior option, repeatable.")
 @click.option("--scheduler", help="Scheduler (pndm, ddim, dpm-solver++, euler, unipc); default: the model's own.")
+@click.option("--modality", help="Modality of the inputs (chest-xray, or a plugin's); default: chosen by their extension.")
+@click.option("--modality-option", "modality_option", multiple=True, metavar="KEY=VALUE",
+              help="A modality option (e.g. brain-mri's slices=40:60), repeatable.")
 @click.option("--prompt", help="Text the counterfactual is steered to (default: the modality's healthy prompt).")
 @click.option("--negative-prompt", help="Text steered away from.")
 @click.option("--steps", type=int, help="Scheduler steps; img2img runs int(steps * strength) of them.")
@@ -48,7 +51,7 @@ def _prior_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute precision.")
 @click.option("--out", default="dva-out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 def run(inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: str | None, out: str,
-        prior_option: tuple[str, ...], **flags: Any) -> int:
+        prior_option: tuple[str, ...], modality_option: tuple[str, ...], **flags: Any) -> int:
     """Make the healthy counterfactual and attribution map of each input (files or folders)."""
     from rich.console import Console
 
@@ -57,11 +60,28 @@ def run(inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: 
 
     console = Console(stderr=True, soft_wrap=True)
     catalogue = get_catalogue()
+    entries = load_entries(registries)
     overrides = dict(flags)
     if prior_option:
         overrides["prior_options"] = _prior_options(prior_option)
-    recipe = resolve(load_entries(registries), catalogue, entry, overrides)
+    if flags.get("modality") is None:
+        overrides["modality"] = _modality_by_extension(entries, catalogue, entry, overrides, list(inputs), Path(out))
+    if modality_option:
+        overrides["modality_options"] = _prior_options(modality_option, "--modality-option", "slices=40:60")
+    recipe = resolve(entries, catalogue, entry, overrides)
     return _execute(recipe, list(inputs), Path(out), mask, catalogue, console)
+
+
+def _modality_by_extension(
+    entries: Any, catalogue: Any, entry: str, overrides: dict[str, Any], inputs: list[str], out: Path
+) -> str | None:
+    """The modality the inputs' extensions call for, when neither --modality nor the entry chose one."""
+    from dva.core.modality import modality_for_inputs
+    from dva.core.registry import DEFAULT_COMPONENTS, resolve
+
+    if resolve(entries, catalogue, entry, overrides).modality != DEFAULT_COMPONENTS["modality"]:
+        return None
+    return modality_for_inputs(inputs, catalogue, exclude=[out])
 
 
 def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalogue: Any, console: Any) -> int:
@@ -80,7 +100,7 @@ def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalo
         if note:
             console.print(f"[bold yellow]Note:[/] {note}", highlight=False)
         console.print(
-            f"model {runtime.source.location} · encoder {runtime.encoder.name} · prior {recipe.prior} "
+            f"{recipe.modality} · model {runtime.source.location} · encoder {runtime.encoder.name} · prior {recipe.prior} "
             f"(strength {recipe.prior_options.get('strength')}) · {runtime.unet_calls()} denoising steps of "
             f"{recipe.steps} · {runtime.device} {str(runtime.dtype).removeprefix('torch.')}",
             highlight=False,
@@ -88,7 +108,11 @@ def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalo
 
     def on_start(total: int) -> None:
         progress.start()
-        task["id"] = progress.add_task("images", total=total)
+        task["id"], task["total"] = progress.add_task("images", total=total), total
+
+    def on_more(count: int) -> None:
+        task["total"] += count
+        progress.update(task["id"], total=task["total"])
 
     def on_image(job: Any) -> None:
         if job.status == "failed":
@@ -96,7 +120,7 @@ def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalo
         progress.advance(task["id"])
 
     try:
-        result = run_images(recipe, inputs, out, catalogue, mask, on_start, on_image, on_loaded)
+        result = run_images(recipe, inputs, out, catalogue, mask, on_start, on_image, on_loaded, on_more=on_more)
     finally:
         if task:
             progress.stop()

@@ -58,12 +58,25 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def has_extension(path: Path, extensions: Iterable[str]) -> bool:
+    """Whether ``path``'s name ends with one of ``extensions`` (any case; ``.nii.gz`` works)."""
+    name = path.name.lower()
+    return any(name.endswith(extension.lower()) for extension in extensions)
+
+
+def strip_extension(path: Path, extensions: Iterable[str]) -> str:
+    """``path``'s name without the longest of ``extensions`` it ends with, else its stem (``brain.nii.gz`` -> ``brain``)."""
+    name = path.name.lower()
+    found = [e for e in extensions if name.endswith(e.lower()) and len(e) < len(name)]
+    return path.name[: -len(max(found, key=len))] if found else path.stem
+
+
 def collect_inputs(
-    paths: Iterable[str | Path], exclude: Iterable[str | Path] = ()
+    paths: Iterable[str | Path], exclude: Iterable[str | Path] = (), extensions: tuple[str, ...] = SUPPORTED_EXTENSIONS
 ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Expand files and folders (recursively) into input files; missing paths are returned as errors.
 
-    A folder gives its files of a supported extension, sorted, skipping hidden files and folders
+    A folder gives its files of one of ``extensions`` (default: the images and DICOM files dva reads), sorted, skipping hidden files and folders
     (``.name``, e.g. macOS ``._scan.png`` companions) and anything under an ``exclude`` folder that lies
     inside it (the run's output folder, so a rerun does not read its own outputs as inputs). Files
     named explicitly are always taken. Duplicates are dropped, keeping the first.
@@ -81,13 +94,14 @@ def collect_inputs(
             found = sorted(
                 p
                 for p in path.rglob("*")
-                if p.suffix.lower() in SUPPORTED_EXTENSIONS
+                if has_extension(p, extensions)
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
                 and p.is_file()
                 and not any(folder in p.resolve().parents for folder in inside)
             )
             if not found:
-                missing[path] = f"{path}: folder holds no PNG, JPEG, TIFF, BMP or DICOM files."
+                what = "PNG, JPEG, TIFF, BMP or DICOM" if extensions == SUPPORTED_EXTENSIONS else " or ".join(extensions)
+                missing[path] = f"{path}: folder holds no {what} files."
             files.extend(found)
         elif path.is_file():
             files.append(path)

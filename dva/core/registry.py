@@ -49,6 +49,7 @@ class Recipe:
     description: str = ""
     model: str | None = None
     modality: str = "chest-xray"
+    modality_options: dict[str, Any] = field(default_factory=dict)
     encoder: str | None = None
     encoder_options: dict[str, Any] = field(default_factory=dict)
     prior: str = "sdedit"
@@ -158,7 +159,8 @@ def resolve(
     """Merge an entry (and its ancestors) with CLI overrides, check every value, fill defaults.
 
     ``overrides`` uses recipe keys plus ``strength`` (a prior option), ``encoder_path`` (an encoder
-    option) and ``prior_options`` (a dict); ``override_where`` maps keys to flag names for messages.
+    option), ``prior_options`` and ``modality_options`` (dicts); ``override_where`` maps keys to flag
+    names for messages.
     """
     merged: dict[str, Any] = {}
     where_of: dict[str, str] = {}
@@ -198,6 +200,9 @@ def resolve(
             where_of["encoder.path"] = where
         elif key == "prior_options":
             component_options["prior"].update(value)
+        elif key == "modality_options":
+            component_options["modality"].update(value)
+            where_of.update({f"modality.{option}": f"--modality-option {option}" for option in value})
         elif key in COMPONENT_KEYS:
             if merged.get(key) != value:
                 component_options[key] = {k: v for k, v in component_options[key].items() if k in ("strength", "path")}
@@ -221,8 +226,7 @@ def resolve(
             option_where = {k.split(".", 1)[1]: w for k, w in where_of.items() if k.startswith(kind + ".")}
             options = spec.check_options(options, where, option_where)
         setattr(recipe, kind, name)
-        if kind != "modality":
-            setattr(recipe, f"{kind}_options", options)
+        setattr(recipe, f"{kind}_options", options)
     return recipe
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from dva.core import attribution, io, manifest
 from dva.core.errors import ConfigError, InputError
+from dva.core.modality import ScanImage, ScanInput, load_result, read_input
 from dva.core.registry import Recipe
 
 MISSING_MASK = "--mask {mask}: no such file or folder; pass a mask image or a folder of masks named like the inputs."
@@ -41,13 +42,15 @@ class ImageJob:
     mask: np.ndarray | None = None
     mask_path: Path | None = None
     seconds: float = 0.0
+    name: str = ""  # the image's name within its file ("" when the file is one image)
+    group: InputGroup | None = field(default=None, repr=False)
 
     def release(self) -> None:
         """Drop the pixel arrays once the image is written, so memory stays flat over a long run."""
         self.model_image = self.model_mask = self.mask = None
 
     def summary(self) -> dict[str, Any]:
-        return {
+        found = {
             "input": str(self.path),
             "output": self.key,
             "status": self.status,
@@ -58,6 +61,19 @@ class ImageJob:
             "mask": str(self.mask_path) if self.mask_path else None,
             "seconds": round(self.seconds, 3),
         }
+        if self.name:
+            found["image"] = self.name
+        return found
+
+
+@dataclass
+class InputGroup:
+    """The images of one input file whose modality has a writer, counted down as they finish."""
+
+    source: ScanInput
+    key: str
+    jobs: list[ImageJob]
+    remaining: int
 
 
 @dataclass
@@ -75,40 +91,64 @@ class RunResult:
         return 1 if self.count("failed") else 0
 
 
-def output_keys(paths: list[Path]) -> list[str]:
-    """Output folder names: the input's stem, made unique with a short path hash where stems collide."""
-    stems = [p.stem for p in paths]
+def output_keys(paths: list[Path], extensions: tuple[str, ...] = io.SUPPORTED_EXTENSIONS) -> list[str]:
+    """Output folder names: the input's name less its extension (``brain.nii.gz`` -> ``brain``), made
+    unique with a short path hash where they collide."""
+    stems = [io.strip_extension(p, extensions) for p in paths]
     return [
         stem if stems.count(stem) == 1 else f"{stem}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
         for stem, p in zip(stems, paths)
     ]
 
 
-def find_mask(mask: str | None, image: Path) -> Path | None:
-    """A mask file for ``image``: the file itself, or the file of the same stem in a mask folder."""
+def find_mask(mask: str | None, image: Path, extensions: tuple[str, ...] = io.SUPPORTED_EXTENSIONS) -> Path | None:
+    """A mask file for ``image``: the file itself, or the file of the same name (less extension) in a mask folder."""
     if mask is None:
         return None
     location = Path(mask)
     if location.is_file():
         return location
     if location.is_dir():
+        stem = io.strip_extension(image, extensions)
         for candidate in sorted(location.iterdir()):
-            if candidate.stem == image.stem and candidate.suffix.lower() in io.SUPPORTED_EXTENSIONS:
+            if io.has_extension(candidate, extensions) and io.strip_extension(candidate, extensions) == stem:
                 return candidate
         return None
     raise ConfigError(MISSING_MASK.format(mask=mask))
 
 
+def fit(job: ImageJob, source: ScanInput, image: ScanImage, resolution: int) -> None:
+    """Fill ``job`` with one image of ``source`` fitted to the model (and its mask, if any)."""
+    job.sha256 = source.sha256
+    job.name = image.name
+    job.original_size = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
+    job.model_image, job.padding = io.to_model_input(image.pixels, resolution)
+    if image.mask is not None:
+        job.mask = image.mask
+        job.model_mask = io.to_model_input(image.mask.astype(np.float32), resolution, nearest=True)[0] > 0.5
+
+
 def prepare(job: ImageJob, resolution: int, mask: str | None) -> None:
-    """Read, hash and fit one input (and its mask) to the model; raises InputError."""
+    """Read, hash and fit one single-image input (and its mask) to the model; raises InputError."""
+    job.mask_path = find_mask(mask, job.path)
     scan = io.read_scan(job.path)
     job.sha256 = scan.sha256
-    job.original_size = scan.size
-    job.model_image, job.padding = io.to_model_input(scan.pixels, resolution)
-    job.mask_path = find_mask(mask, job.path)
-    if job.mask_path is not None:
-        job.mask = io.read_mask(job.mask_path, scan.size)
-        job.model_mask = io.to_model_input(job.mask.astype(np.float32), resolution, nearest=True)[0] > 0.5
+    image_mask = io.read_mask(job.mask_path, scan.size) if job.mask_path is not None else None
+    fit(job, ScanInput(scan.path, scan.sha256, scan.kind, ()), ScanImage(scan.pixels, "", image_mask), resolution)
+
+
+def expand(
+    path: Path, key: str, modality: Any, options: dict[str, Any], resolution: int, mask: str | None
+) -> tuple[ScanInput, list[ImageJob]]:
+    """Read one input with its modality into one job per image (``key`` or ``key/name``); raises InputError."""
+    mask_path = find_mask(mask, path, modality.extensions or io.SUPPORTED_EXTENSIONS)
+    source = read_input(modality, path, mask_path, options)
+    jobs = []
+    for image in source.images:
+        job = ImageJob(path, f"{key}/{image.name}" if image.name else key, mask_path=mask_path)
+        fit(job, source, image, resolution)
+        jobs.append(job)
+    return source, jobs
 
 
 def write_outputs(
@@ -171,6 +211,28 @@ def run_header(recipe_dict: dict[str, Any], runtime: Any) -> dict[str, Any]:
     }
 
 
+def write_group(out: Path, group: InputGroup, modality: Any, recipe_fingerprint: str) -> None:
+    """Run the modality's writer on a file whose images are all written, then the file's own record.
+
+    The writer gets each image's results read back from its folder, so a resumed run gives it the same
+    values. Raises InputError (the writer cannot map this file back) or ConfigError (cannot write).
+    """
+    folder = out / group.key
+    results = [load_result(image, out / job.key) for image, job in zip(group.source.images, group.jobs)]
+    try:
+        files = modality.write(folder, group.source, results)
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot write the outputs of {group.source.path.name} to {out} ({error.strerror or error}); "
+            "free some space or choose another --out, then rerun to resume."
+        ) from error
+    record = {
+        "input": str(group.source.path), "output": group.key, "status": "done", "sha256": group.source.sha256,
+        "fingerprint": recipe_fingerprint, "images": [job.key for job in group.jobs], "files": files,
+    }
+    manifest.write_record(folder, record)
+
+
 def run(
     recipe: Recipe,
     inputs: list[str],
@@ -181,9 +243,13 @@ def run(
     on_image: Callable[[ImageJob], None] = lambda job: None,
     on_loaded: Callable[[Any], None] = lambda runtime: None,
     writer_threads: int | None = None,
+    on_more: Callable[[int], None] = lambda count: None,
 ) -> RunResult:
     """Generate counterfactuals and maps for every input into ``out``; resumes what is complete.
 
+    Inputs are read with the recipe's modality: a file may hold several images (``OUT/<file>/<name>/``),
+    and a modality with a writer writes outputs of its own into ``OUT/<file>/`` once they are done.
+    ``on_start`` gets the number of inputs, ``on_more`` how many more images a file gave than one.
     ``writer_threads``: threads writing outputs while the next batch samples (default: 2 on an
     accelerator, 0 = inline on the CPU).
     """
@@ -191,12 +257,13 @@ def run(
 
     from dva.core.runtime import assemble
 
-    files, missing = io.collect_inputs(inputs, exclude=[out])
+    modality = catalogue.get("modality", recipe.modality)
+    extensions = modality.extensions or io.SUPPORTED_EXTENSIONS
+    files, missing = io.collect_inputs(inputs, exclude=[out], extensions=extensions)
     if not files and not missing:
         raise ConfigError("No inputs given; pass image files, DICOM files or folders.")
     if mask is not None and not Path(mask).exists():
         raise ConfigError(MISSING_MASK.format(mask=mask))  # before any model is loaded
-    jobs = [ImageJob(path, key) for path, key in zip(files, output_keys(files))]
     failed_paths = [ImageJob(path, path.name, "failed", message) for path, message in missing]
     runtime = assemble(recipe, catalogue)
     on_loaded(runtime)
@@ -207,16 +274,37 @@ def run(
     recipe_fingerprint = manifest.fingerprint(
         recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type, "prompt": runtime.prompt}
     )
-    result = RunResult(out, failed_paths + jobs, header)
-    on_start(len(result.jobs))
+    result = RunResult(out, list(failed_paths), header)
+    on_start(len(failed_paths) + len(files))
     for job in failed_paths:
         on_image(job)
+
+    def finished(job: ImageJob) -> None:
+        """An image is done or skipped; the last image of a file with a writer sets its writer off."""
+        on_image(job)
+        group = job.group
+        if group is None:
+            return
+        group.remaining -= 1
+        if group.remaining:
+            return
+        all_skipped = all(j.status == "skipped" for j in group.jobs)
+        try:
+            if not (all_skipped and manifest.is_complete(out / group.key, group.source.sha256, recipe_fingerprint)):
+                write_group(out, group, modality, recipe_fingerprint)
+        except InputError as error:
+            failed = ImageJob(group.source.path, group.key, "failed", str(error), sha256=group.source.sha256)
+            result.jobs.append(failed)
+            on_image(failed)
+        finally:
+            for member in group.jobs:
+                member.group = None  # the file's pixels can go now
 
     # Writing overlaps sampling only when sampling runs on an accelerator; on the CPU the writer threads
     # would compete with torch's own threads for the same cores (measured slower), so write inline.
     if writer_threads is None:
         writer_threads = 0 if runtime.device.type == "cpu" else 2
-    writer = OutputWriter(out, recipe_fingerprint, on_image, workers=writer_threads)
+    writer = OutputWriter(out, recipe_fingerprint, finished, workers=writer_threads)
     pending: list[ImageJob] = []
     last_manifest = time.monotonic()
 
@@ -247,23 +335,30 @@ def run(
         save_manifest()
 
     try:
-        for job in jobs:
+        for path, key in zip(files, output_keys(files, extensions)):
             started = time.perf_counter()
             try:
-                prepare(job, runtime.resolution, mask)
+                source, jobs = expand(path, key, modality, recipe.modality_options, runtime.resolution, mask)
             except InputError as error:
-                job.status, job.error = "failed", str(error)
-                on_image(job)
+                failed = ImageJob(path, key, "failed", str(error))
+                result.jobs.append(failed)
+                on_image(failed)
                 continue
-            job.seconds = time.perf_counter() - started
-            if manifest.is_complete(out / job.key, job.sha256, recipe_fingerprint):
-                job.status = "skipped"
-                job.release()
-                on_image(job)
-                continue
-            pending.append(job)
-            if len(pending) >= recipe.batch_size:
-                flush()
+            result.jobs.extend(jobs)
+            if len(jobs) > 1:
+                on_more(len(jobs) - 1)
+            group = InputGroup(source, key, jobs, len(jobs)) if modality.writer else None
+            share = (time.perf_counter() - started) / len(jobs)
+            for job in jobs:
+                job.seconds, job.group = share, group
+                if manifest.is_complete(out / job.key, job.sha256, recipe_fingerprint):
+                    job.status = "skipped"
+                    job.release()
+                    finished(job)
+                    continue
+                pending.append(job)
+                if len(pending) >= recipe.batch_size:
+                    flush()
         flush()
         writer.drain()
     finally:

@@ -165,12 +165,49 @@ class MetricSpec(ComponentSpec):
 
 @dataclass(frozen=True)
 class ModalitySpec(ComponentSpec):
-    """An imaging modality: how its files are read and what a healthy prompt says."""
+    """An imaging modality: how its files are read, what a healthy prompt says, how outputs map back.
+
+    ``implementation`` is the reader, ``read(path, mask=None, **options)``: one file into a
+    :class:`dva.core.modality.ScanInput` (one or more named 2-D images in [0, 1] with optional masks),
+    or a plain :class:`dva.core.io.Scan` for a file that is one image. ``options`` are the reader's,
+    set with ``--modality-option``. ``writer`` (optional import path) is called once all images of a
+    file are done, ``write(folder, source, results) -> list[str]``, to write outputs of the modality's
+    own (a volume in the input's space). ``extensions`` are the files it reads, e.g. ``(".nii.gz",)``:
+    folders are searched for them, and they choose this modality when ``--modality`` is not given.
+    """
 
     kind: ClassVar[str] = "modality"
 
     healthy_prompt: str = ""
     extensions: tuple[str, ...] = ()
+    writer: str | None = None
+
+    def check_options(
+        self, values: dict[str, Any], where: str, option_where: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """As for any component, except that a text option given a number takes its text
+        (``--modality-option slices=42`` reads 42 as a number)."""
+        values = {
+            key: str(value)
+            if key in self.options and self.options[key].type is str and type(value) in (int, float) else value
+            for key, value in values.items()
+        }
+        return super().check_options(values, where, option_where)
+
+    def read(self, path: Any, mask: Any = None, **options: Any) -> Any:
+        """The :class:`dva.core.modality.ScanInput` of one file (options checked against this spec's)."""
+        from dva.core.modality import read_input
+
+        checked = self.check_options(options, f"modality '{self.name}'")
+        return read_input(self, path, mask, checked)
+
+    def write(self, folder: Any, source: Any, results: list[Any]) -> list[str]:
+        """Run the writer (if any) on one file's results; returns the files written, relative to ``folder``."""
+        if self.writer is None:
+            return []
+        from dva.core.modality import call_writer
+
+        return call_writer(self, folder, source, results)
 
 
 @dataclass(frozen=True)
