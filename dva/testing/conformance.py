@@ -80,18 +80,23 @@ def check_plugin(plugin: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
-def check_light_import(module: str) -> None:
-    """Importing ``module`` (a plugin's entry point) must not import torch, diffusers or transformers:
-    ``dva --help`` and ``dva plugins`` load every plugin. Runs in a fresh interpreter."""
+def check_light_import(*modules: str) -> None:
+    """Importing ``modules`` (a plugin's entry point) must not import torch, diffusers or transformers:
+    ``dva --help`` and ``dva plugins`` load every plugin. Runs in one fresh interpreter."""
     code = (
         "import importlib, sys\n"
-        f"importlib.import_module({module!r})\n"
-        f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"    heavy = [m for m in {HEAVY_MODULES!r} if m in sys.modules]\n"
+        "    if heavy:\n"
+        "        print(name, ', '.join(heavy))\n"
+        "        break\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    _require(done.returncode == 0, f"Importing {module} fails: {done.stderr.strip().splitlines()[-1:]}")
-    heavy = done.stdout.strip()
-    _require(not heavy, f"Importing {module} imports {heavy}; import it inside the functions that need it.")
+    _require(done.returncode == 0, f"Importing {', '.join(modules)} fails: {done.stderr.strip().splitlines()[-1:]}")
+    if done.stdout.strip():
+        module, heavy = done.stdout.strip().split(" ", 1)
+        raise ConformanceError(f"Importing {module} imports {heavy}; import it inside the functions that need it.")
 
 
 # -- encoders, priors, schedulers -------------------------------------------------------------------
