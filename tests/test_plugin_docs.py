@@ -197,6 +197,9 @@ def test_hook_register_modalities(tiny_sd, tmp_path):
     path.parent.mkdir()
     np.save(path, np.stack([np.full((32, 48), 0.2 + 0.2 * k, np.float32) for k in range(3)]))
     assert modality_for_inputs([str(path.parent)], catalogue) == "doc-stack"
+    (tmp_path / "chest.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"different modalities: chest.png \(chest-xray\), scan.stack.npy \(doc-stack\)"):
+        modality_for_inputs([str(path), str(tmp_path / "chest.png")], catalogue)
     conformance.check_modality(catalogue.get("modality", "doc-stack"), path, tmp_path / "check", first=1)
     recipe = resolve(load_entries(), catalogue, "default", {
         "model": str(tiny_sd), "steps": 2, "modality": "doc-stack", "modality_options": {"first": 1},

@@ -79,9 +79,11 @@ def _modality_by_extension(
     from dva.core.modality import modality_for_inputs
     from dva.core.registry import DEFAULT_COMPONENTS, resolve
 
-    if resolve(entries, catalogue, entry, overrides).modality != DEFAULT_COMPONENTS["modality"]:
+    current = resolve(entries, catalogue, entry, overrides).modality
+    if current != DEFAULT_COMPONENTS["modality"]:
         return None
-    return modality_for_inputs(inputs, catalogue, exclude=[out])
+    chosen = modality_for_inputs(inputs, catalogue, exclude=[out])
+    return chosen if chosen != current else None
 
 
 def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalogue: Any, console: Any) -> int:
