@@ -64,11 +64,29 @@ def fid(paths_a: Sequence[str | Path], paths_b: Sequence[str | Path],
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """pytorch-fid's Frechet distance between the Gaussians fitted to two feature sets (rows are images)."""
+    """pytorch-fid's Frechet distance between the Gaussians fitted to two feature sets (rows are images).
+
+    pytorch-fid takes ``sqrtm`` of a 2048 x 2048 product: 15 to 50 s on a CPU, and inexact when a set
+    has fewer images than features (the covariance is then singular). For such sets the same distance
+    follows exactly from the sets themselves (:func:`low_rank_frechet_distance`), in milliseconds.
+    """
     check_set_size("A", len(features_a))
     check_set_size("B", len(features_b))
+    if min(len(features_a), len(features_b)) <= features_a.shape[1]:
+        return low_rank_frechet_distance(features_a, features_b)
     statistics = [(np.mean(f, axis=0), np.cov(f, rowvar=False)) for f in (features_a, features_b)]
     return float(calculate_frechet_distance(*statistics[0], *statistics[1]))
+
+
+def low_rank_frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """|mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr sqrt(S_a S_b), with S = A^T A for the centred rows
+    A = (X - mu) / sqrt(n - 1): the eigenvalues of S_a S_b are the squared singular values of
+    A_a A_b^T (n_a x n_b), so the trace of the square root is that matrix's nuclear norm."""
+    centred = [(f - f.mean(axis=0)) / np.sqrt(len(f) - 1) for f in (features_a, features_b)]
+    difference = features_a.mean(axis=0) - features_b.mean(axis=0)
+    traces = sum(float(np.sum(c * c)) for c in centred)
+    nuclear = float(np.linalg.svd(centred[0] @ centred[1].T, compute_uv=False).sum())
+    return float(difference @ difference + traces - 2.0 * nuclear)
 
 
 def check_set_size(name: str, count: int) -> None:
