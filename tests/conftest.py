@@ -7,10 +7,23 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tests' models and images are tiny: a second thread per op costs more than it gives, and on a
+# busy 2-core machine each small convolution waits ~20 ms for it (a tiny run took 58 s, not 4 s).
+# Set before numpy and torch load so BLAS, OpenMP and the test's subprocesses take it too.
+for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads, "1")
 
 import numpy as np
 import pytest
 from PIL import Image
+
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
 
 SHARED_DATA = Path(__file__).resolve().parents[1] / "dva" / "samples"
 

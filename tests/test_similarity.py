@@ -27,15 +27,6 @@ from dva.metrics.similarity import (
 TOLERANCE = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These convolutions are small: with a second OpenMP thread on a busy shared CPU, each waits ~20 ms."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scan_and_counterfactual(height: int, width: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A smooth chest-like float image in [0, 1] and a copy with a removed opacity plus a little noise."""
     width = width or height

@@ -61,12 +61,20 @@ class SsimMeasure:
         """Scores of many pairs at once (same-size pairs are batched)."""
         return [self._pick(scores) for scores in self._similarity(pairs)]
 
+    # One computation gives both SSIM and MS-SSIM: the last batch's scores, shared by the two measures.
+    _last: tuple[Any, float, list[Any]] | None = None
+
     def _similarity(self, pairs: Sequence[tuple[Any, Any, np.ndarray | None]]) -> list[Any]:
         from dva.metrics.similarity import similarity_batch, to_intensity
 
-        return similarity_batch(
+        last = SsimMeasure._last
+        if last is not None and last[0] is pairs and last[1] == self.data_range:
+            return last[2]
+        scores = similarity_batch(
             [(to_intensity(a), to_intensity(b), mask) for a, b, mask in pairs], data_range=self.data_range
         )
+        SsimMeasure._last = (pairs, self.data_range, scores)
+        return scores
 
     def _pick(self, scores: Any) -> dict[str, float]:
         return {"ssim": scores.ssim}
