@@ -34,6 +34,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_run.py
 	$(PY) benchmarks/bench_finetune.py
+	$(PY) benchmarks/bench_fid.py
+	$(PY) benchmarks/bench_similarity.py
 
 clean:
 	rm -rf demo-out .pytest_cache build *.egg-info

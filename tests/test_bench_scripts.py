@@ -44,3 +44,16 @@ def test_bench_finetune_quick_compares_cached_with_uncached_latents(tmp_path):
         assert row["uncached_steps_per_s"]["best"] > 0 and row["cached_steps_per_s"]["best"] > 0
         assert row["cache_s_median"] > 0  # the cached runs did encode the data set once
         assert row["max_loss_difference"] < 1e-3  # same draws: the same losses up to float rounding
+
+
+def test_bench_similarity_quick_compares_dva_with_pytorch_msssim(tmp_path):
+    out = run_script("bench_similarity.py", "--quick", "--json", str(tmp_path / "similarity.json"))
+    assert "pytorch-msssim" in out
+    assert json.loads((tmp_path / "similarity.json").read_text())
+
+
+def test_bench_fid_compares_extraction_with_pytorch_fid_and_a_cached_evaluation(fid_weights, tmp_path):
+    out = run_script("bench_fid.py", "--n", "4", "--size", "64", "--cached-repeats", "1", "--device", "cpu",
+                     "--fid-weights", str(fid_weights), "--json", str(tmp_path / "fid.json"))
+    assert "pytorch-fid" in out
+    assert json.loads((tmp_path / "fid.json").read_text())
