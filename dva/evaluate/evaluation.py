@@ -119,7 +119,10 @@ def _build(spec: Any, options: dict[str, Any], runtime: dict[str, Any]) -> Any:
 
 def build_measures(names: Iterable[str], settings: Settings, catalogue: Any, notes: list[str]) -> list[Measure]:
     """The requested measures; one whose weights are absent is left out with a note."""
-    runtime = {"device": settings.device, "cache_dir": settings.cache_dir}
+    from dva.core.runtime import pick_device
+
+    device = None if settings.device in (None, "auto") else str(pick_device(settings.device))
+    runtime = {"device": device, "cache_dir": settings.cache_dir}
     measures = []
     for name in names:
         spec = catalogue.get("metric", name)
