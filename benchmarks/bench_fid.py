@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from bench_run import ForeignLoad, load_average, machine, make_inputs
+from bench_run import ForeignLoad, load_average, machine, make_inputs, write_results
 from pytorch_fid.fid_score import get_activations
 
 from dva.core.io import file_sha256
@@ -165,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": info,
                    "settings": {**{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "inputs": kind},
                    "load_average_before": load_before, "load_average_after": load_after, **result, **summary}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"results written to {args.json}")
+        write_results(args.json, payload)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import statistics
@@ -45,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from bench_run import ForeignLoad  # noqa: E402
+from bench_run import ForeignLoad, write_results  # noqa: E402
 
 TRAIN_CLASS = "Normal"
 PRIOR_CLASS = "Lung Opacity"
@@ -258,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": elapsed,
             "results": results,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        print(f"results written to {args.json}")
+        write_results(args.json, payload)
     return 0
 
 

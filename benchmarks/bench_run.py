@@ -54,6 +54,13 @@ PROMPT = "normal chest x ray"  # the chest-xray modality's healthy prompt, what 
 # -- set-up ---------------------------------------------------------------------------------------
 
 
+def write_results(path: Path, payload: dict[str, Any]) -> None:
+    """Every repeat and setting of a benchmark run, as JSON (values JSON cannot hold as strings)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    print(f"results written to {path}")
+
+
 def quiet_libraries() -> None:
     import diffusers
     import transformers
@@ -688,9 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             "manifest_scaling": scaling,
             "write_outputs_at_real_sizes": at_scale,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-        print(f"results written to {args.json}")
+        write_results(args.json, payload)
     return 0
 
 

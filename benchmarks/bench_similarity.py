@@ -25,7 +25,6 @@ this same run. A check compares dva's values with pytorch-msssim's on every pair
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_run import ForeignLoad, Quiet, load_average, machine  # noqa: E402
+from bench_run import ForeignLoad, Quiet, load_average, machine, write_results  # noqa: E402
 
 SAMPLE_DIR = Path("/work/shared/data/cxr-covid-sample")
 
@@ -258,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "elapsed_s": elapsed,
             "results": results,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"results written to {args.json}")
+        write_results(args.json, payload)
     return 0
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -51,6 +50,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_run import write_results  # noqa: E402
 
 TARGET_BYTES = 24 * 10**9  # "fits 24 GB": a 24 GB card (RTX 3090/4090, A10G) shows about 24e9 bytes
 GIB = 2**30
@@ -304,9 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             "parameters": sizes, "build_s": built_s, "target_bytes": TARGET_BYTES, "note": note_8bit,
             "gpu_numbers_pending": not cuda, "results": results,
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"results written to {args.json}")
+        write_results(args.json, payload)
     return 0
 
 
