@@ -38,7 +38,7 @@ def test_builtin_schedulers_conform(catalogue, name, tmp_path):
 def test_every_builtin_encoder_scheduler_prior_modality_and_dataset_is_covered_here(catalogue):
     assert builtin(catalogue, "encoder") == ["biobert", "clip", "pubmedclip", "radbert"]
     assert builtin(catalogue, "scheduler") == ["ddim", "dpm-solver++", "euler", "pndm", "unipc"]
-    assert builtin(catalogue, "prior") == ["controlnet-canny", "sdedit"]
+    assert builtin(catalogue, "prior") == ["controlnet-canny", "ddim-inversion", "sdedit"]
     assert builtin(catalogue, "modality") == ["chest-xray"]
     assert builtin(catalogue, "dataset") == ["class-folders", "covid-radiography", "csv"]
 
@@ -47,6 +47,7 @@ def test_builtin_priors_conform(catalogue, tmp_path):
     from dva.testing.tiny import tiny_controlnet
 
     conformance.check_prior(catalogue.get("prior", "sdedit"))
+    conformance.check_prior(catalogue.get("prior", "ddim-inversion"))
     tiny_controlnet().save_pretrained(tmp_path / "controlnet")
     conformance.check_prior(catalogue.get("prior", "controlnet-canny"), {"controlnet": str(tmp_path / "controlnet")})
 

@@ -46,6 +46,8 @@ def _prior_options(pairs: tuple[str, ...], flag: str = "--prior-option", example
 @click.option("--guidance-scale", type=float, help="Classifier-free guidance scale.")
 @click.option("--seed", type=int, help="Seed of each image's own generator.")
 @click.option("--batch-size", type=int, help="Images per batch (results do not depend on it).")
+@click.option("--samples", type=int, help="Counterfactuals per image (seeds seed..seed+K-1); the map comes from their "
+              "mean, and uncertainty.png shows their per-pixel standard deviation.")
 @click.option("--mask", type=click.Path(), help="Mask image, or a folder of masks matched to inputs by file stem.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute precision.")
@@ -104,7 +106,8 @@ def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalo
         console.print(
             f"{recipe.modality} · model {runtime.source.location} · encoder {runtime.encoder.name} · prior {recipe.prior} "
             f"(strength {recipe.prior_options.get('strength')}) · {runtime.unet_calls()} denoising steps of "
-            f"{recipe.steps} · {runtime.device} {str(runtime.dtype).removeprefix('torch.')}",
+            f"{recipe.steps}{f' · {recipe.samples} samples per image' if recipe.samples > 1 else ''} · "
+            f"{runtime.device} {str(runtime.dtype).removeprefix('torch.')}",
             highlight=False,
         )
 

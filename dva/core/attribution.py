@@ -46,3 +46,16 @@ def overlay(
     base = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
     alpha = opacity * magnitude
     return (1.0 - alpha) * base + alpha * (heatmap(signed, scale) if heat is None else heat)
+
+
+def combine_samples(counterfactuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean counterfactual ``(H, W, C)`` of K samples ``(K, H, W, C)``, and the per-pixel standard deviation
+    ``(H, W)`` of their grayscale (ddof 1, zero for one sample): how much the map moves with the seed alone.
+
+    The map of the mean is the mean of the K maps (``input - counterfactual`` is linear), so it keeps the
+    evidence the samples agree on and averages their sampling noise away.
+    """
+    samples = counterfactuals.astype(np.float32)
+    gray = samples.mean(axis=-1)
+    spread = gray.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros(gray.shape[1:], np.float32)
+    return samples.mean(axis=0), spread.astype(np.float32)

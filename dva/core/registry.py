@@ -33,6 +33,7 @@ PLAIN_KEYS: dict[str, Option] = {
     "negative_prompt": Option(str, ""),
     "seed": Option(int, 0, "seed of every image's own generator", 0, 2**63 - 1),
     "batch_size": Option(int, 1, "images per UNet batch (outputs do not depend on it)", 1, 4096),
+    "samples": Option(int, 1, "counterfactuals per image (seeds seed..seed+K-1): map from their mean, plus a per-pixel uncertainty", 1, 64),
     "device": Option(str, "auto", "auto, cpu, cuda, cuda:N or mps"),
     "dtype": Option(str, "auto", "auto, float32, float16 or bfloat16", choices=("auto", "float32", "float16", "bfloat16")),
     "finetune": Option(dict, None, "settings of `dva finetune --entry` (see docs/finetune.md)"),
@@ -62,6 +63,7 @@ class Recipe:
     negative_prompt: str = ""
     seed: int = 0
     batch_size: int = 1
+    samples: int = 1
     device: str = "auto"
     dtype: str = "auto"
     finetune: dict[str, Any] | None = None

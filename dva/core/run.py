@@ -43,6 +43,7 @@ class ImageJob:
     mask_path: Path | None = None
     seconds: float = 0.0
     name: str = ""  # the image's name within its file ("" when the file is one image)
+    samples: int = 1  # counterfactuals averaged into this image's outputs (--samples)
     group: InputGroup | None = field(default=None, repr=False)
 
     def release(self) -> None:
@@ -63,6 +64,8 @@ class ImageJob:
         }
         if self.name:
             found["image"] = self.name
+        if self.samples > 1:
+            found["samples"] = self.samples
         return found
 
 
@@ -152,9 +155,14 @@ def expand(
 
 
 def write_outputs(
-    folder: Path, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None
+    folder: Path, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None,
+    uncertainty: np.ndarray | None = None,
 ) -> list[str]:
-    """Write every output of one image; returns the file names (relative to ``folder``)."""
+    """Write every output of one image; returns the file names (relative to ``folder``).
+
+    ``uncertainty`` (``--samples`` above 1): the per-pixel standard deviation of the samples, written as
+    ``uncertainty.png`` (heatmap on the map's own scale, so the two compare by eye) and into the safetensors.
+    """
     from safetensors.numpy import save as save_tensors
 
     gray_cf = counterfactual.mean(axis=-1)
@@ -175,14 +183,32 @@ def write_outputs(
     }
     if condition is not None:
         files["condition.png"] = condition
+    spread: dict[str, np.ndarray] = {}
+    if uncertainty is not None:
+        full_spread = np.clip(io.to_original(uncertainty, job.padding, job.original_size), 0.0, None)
+        spread["uncertainty"] = _inside(uncertainty, job.model_mask)
+        spread["uncertainty_fullsize"] = _inside(full_spread, job.mask)
+        files["uncertainty.png"] = attribution.heatmap(spread["uncertainty"], scale)
+        files["fullsize/uncertainty.png"] = attribution.heatmap(spread["uncertainty_fullsize"], scale)
     for name, array in files.items():
         io.atomic_write_png(folder / name, array)
-    tensors = {"attribution": signed, "attribution_fullsize": full_signed.astype(np.float32)}
+    tensors = {"attribution": signed, "attribution_fullsize": full_signed.astype(np.float32), **spread}
     if job.model_mask is not None:
         tensors["mask"] = job.model_mask.astype(np.uint8)
     metadata = {"definition": "input - counterfactual (grayscale, [0,1])", "heatmap_scale": f"{scale:.6g}"}
+    if uncertainty is not None:
+        metadata.update(
+            samples=str(job.samples),
+            definition=f"input - mean of {job.samples} counterfactuals (grayscale, [0,1])",
+            uncertainty="per-pixel standard deviation (ddof 1) of the samples' grayscale counterfactuals",
+        )
     io.atomic_write_bytes(folder / "attribution.safetensors", save_tensors(tensors, metadata=metadata))
     return [*files, "attribution.safetensors"]
+
+
+def _inside(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``values`` (float32), zero outside ``mask`` where given, as the maps are."""
+    return (values if mask is None else np.where(mask, values, 0.0)).astype(np.float32)
 
 
 def run_header(recipe_dict: dict[str, Any], runtime: Any) -> dict[str, Any]:
@@ -207,6 +233,7 @@ def run_header(recipe_dict: dict[str, Any], runtime: Any) -> dict[str, Any]:
         "resolution": runtime.resolution,
         "unet_calls": runtime.unet_calls(),
         "seeds": {"per_image": recipe_dict["seed"], "generator": "torch.Generator('cpu').manual_seed(seed), one per image"},
+        "samples": recipe_dict.get("samples", 1),
         "processes": 1,
     }
 
@@ -265,12 +292,15 @@ def run(
     if mask is not None and not Path(mask).exists():
         raise ConfigError(MISSING_MASK.format(mask=mask))  # before any model is loaded
     failed_paths = [ImageJob(path, path.name, "failed", message) for path, message in missing]
+    check_samples(recipe, catalogue)  # before any model is loaded
     runtime = assemble(recipe, catalogue)
     on_loaded(runtime)
     out.mkdir(parents=True, exist_ok=True)
     positive, negative = runtime.prompt_embeddings()
     recipe_dict = recipe.to_dict()
     header = run_header(recipe_dict, runtime)
+    if recipe.samples == 1:  # fingerprints of one-sample runs stay those of runs made before --samples existed
+        recipe_dict = {key: value for key, value in recipe_dict.items() if key != "samples"}
     recipe_fingerprint = manifest.fingerprint(
         recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type, "prompt": runtime.prompt}
     )
@@ -304,6 +334,9 @@ def run(
     # would compete with torch's own threads for the same cores (measured slower), so write inline.
     if writer_threads is None:
         writer_threads = 0 if runtime.device.type == "cpu" else 2
+    samples = recipe.samples
+    # --samples K: each image takes K entries of a prior call; a call holds batch_size // K images (at least one).
+    images_per_call = max(1, recipe.batch_size // samples)
     writer = OutputWriter(out, recipe_fingerprint, finished, workers=writer_threads)
     pending: list[ImageJob] = []
     last_manifest = time.monotonic()
@@ -319,10 +352,13 @@ def run(
             return
         started = time.perf_counter()
         gray = np.stack([job.model_image for job in pending])
-        images = torch.from_numpy(gray)[:, None].repeat(1, 3, 1, 1)
         conditions = runtime.prior.condition(gray)
-        condition_tensor = None if conditions is None else torch.from_numpy(conditions)[:, None].repeat(1, 3, 1, 1)
-        generators = [torch.Generator("cpu").manual_seed(recipe.seed) for _ in pending]
+        # Sample k of image i is entry i * K + k, with its own generator seeded seed + k.
+        images = torch.from_numpy(gray)[:, None].repeat_interleave(samples, 0).repeat(1, 3, 1, 1)
+        condition_tensor = None if conditions is None else (
+            torch.from_numpy(conditions)[:, None].repeat_interleave(samples, 0).repeat(1, 3, 1, 1)
+        )
+        generators = [torch.Generator("cpu").manual_seed(recipe.seed + k) for _ in pending for k in range(samples)]
         counterfactuals = runtime.prior.generate(
             images, positive, negative, generators, recipe.steps, recipe.guidance_scale, condition_tensor
         )
@@ -330,7 +366,13 @@ def run(
         share = (time.perf_counter() - started) / len(pending)
         for index, job in enumerate(pending):
             job.seconds += share
-            writer.submit(job, counterfactuals[index], None if conditions is None else conditions[index])
+            condition = None if conditions is None else conditions[index]
+            if samples == 1:
+                writer.submit(job, counterfactuals[index], condition)
+                continue
+            job.samples = samples
+            mean, spread = attribution.combine_samples(counterfactuals[index * samples:(index + 1) * samples])
+            writer.submit(job, mean, condition, spread)
         pending.clear()
         save_manifest()
 
@@ -357,7 +399,7 @@ def run(
                     finished(job)
                     continue
                 pending.append(job)
-                if len(pending) >= recipe.batch_size:
+                if len(pending) >= images_per_call:
                     flush()
         flush()
         writer.drain()
@@ -368,6 +410,15 @@ def run(
 
     result.report = write_report(out, header, [j.summary() for j in result.jobs])
     return result
+
+
+def check_samples(recipe: Recipe, catalogue: Any) -> None:
+    """``--samples`` above 1 needs a prior that draws noise: a deterministic one would give K equal samples."""
+    if recipe.samples > 1 and getattr(catalogue.get("prior", recipe.prior).resolve(), "deterministic", False):
+        raise ConfigError(
+            f"--samples {recipe.samples}: the prior '{recipe.prior}' is deterministic, so every sample would be the "
+            "same; drop --samples or use a stochastic prior such as sdedit."
+        )
 
 
 class OutputWriter:
@@ -389,25 +440,29 @@ class OutputWriter:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="dva-writer") if workers > 0 else None
         self.pending: deque[tuple[ImageJob, Future]] = deque()
 
-    def submit(self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None) -> None:
+    def submit(
+        self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None, uncertainty: np.ndarray | None = None
+    ) -> None:
         if self.pool is None:
             done: Future = Future()
             try:
-                self._write(job, counterfactual, condition)
+                self._write(job, counterfactual, condition, uncertainty)
                 done.set_result(None)
             except Exception as error:  # surfaces through _finish_oldest like a background failure
                 done.set_exception(error)
             self.pending.append((job, done))
             self._finish_oldest()
             return
-        self.pending.append((job, self.pool.submit(self._write, job, counterfactual, condition)))
+        self.pending.append((job, self.pool.submit(self._write, job, counterfactual, condition, uncertainty)))
         while len(self.pending) > self.max_pending:
             self._finish_oldest()
 
-    def _write(self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None) -> None:
+    def _write(
+        self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None, uncertainty: np.ndarray | None = None
+    ) -> None:
         started = time.perf_counter()
         folder = self.out / job.key
-        written = write_outputs(folder, job, counterfactual, condition)
+        written = write_outputs(folder, job, counterfactual, condition, uncertainty)
         job.seconds += time.perf_counter() - started
         record = {**job.summary(), "status": "done", "fingerprint": self.fingerprint, "files": written}
         manifest.write_record(folder, record)

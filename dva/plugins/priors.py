@@ -1,4 +1,4 @@
-"""Built-in image priors: SDEdit img2img and ControlNet on Canny edges of the input."""
+"""Built-in image priors: SDEdit img2img, ControlNet on Canny edges of the input, and DDIM inversion."""
 
 from __future__ import annotations
 
@@ -24,6 +24,19 @@ BUILTIN_PRIORS = (
             "low_threshold": Option(int, 100, "Canny lower hysteresis threshold (0-255 scale)", 0, 1000),
             "high_threshold": Option(int, 200, "Canny upper hysteresis threshold (0-255 scale)", 0, 1000),
             "conditioning_scale": Option(float, 1.0, "weight of the ControlNet residuals", 0.0, 5.0),
+        },
+    ),
+    PriorSpec(
+        name="ddim-inversion",
+        implementation="dva.components.ddim_inversion:DDIMInversionPrior",
+        description="Deterministic: DDIM-invert the input's latent to strength*T, denoise with the prompt (Sanchez et al. 2022)",
+        options={
+            "strength": Option(float, 0.6, "fraction of the schedule the input is inverted to (t0/T)", 0.0, 1.0),
+            "inversion": Option(
+                str, "unconditional",
+                "embedding the inversion runs with, at guidance 1: the unconditional (negative prompt) one, or the prompt",
+                choices=("unconditional", "prompt"),
+            ),
         },
     ),
 )
