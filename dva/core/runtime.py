@@ -139,8 +139,8 @@ def load_encoder(recipe: Recipe, catalogue: Any, source: ModelSource, cross_atte
             f"Model folder {source.location} was trained with encoder '{trained}', not '{name}'; drop --encoder, "
             "or pass --encoder-path to load another encoder's weights."
         )
-    else:
-        kwargs.update(source=spec.default_source)
+    else:  # a dva folder may name where its (frozen, not copied) encoder comes from: "encoder_source"
+        kwargs.update(source=(source.dva.get("encoder_source") if name == trained else None) or spec.default_source)
     if source.has_projection and name == trained:
         kwargs["projection_source"] = f"{source.location}/projection"
     encoder = spec.resolve().from_pretrained(spec, **kwargs)

@@ -424,13 +424,19 @@ def _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encod
 
 def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, out: Path, processes: int) -> None:
     """The dva model folder: diffusers parts, the encoder (+ projection), dva.json written last."""
+    from dva.components.text_encoders import save_projection
     from dva.core.model_folder import write_dva_json
     from dva.datasets.layouts import dataset_fingerprint
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
     vae.to(torch.float32).save_pretrained(out / "vae", safe_serialization=True)
     io.atomic_write_text(out / "scheduler" / "scheduler_config.json", json.dumps(scheduler_config, indent=2))
-    encoder.save_pretrained(out)
+    reference = encoder_reference(config, source)
+    if reference:  # a frozen encoder the base only names: keep naming it, save the trained projection alone
+        if encoder.projection is not None:
+            save_projection(encoder.projection, out / "projection")
+    else:
+        encoder.save_pretrained(out)
     labels = [phase.label for phase in config.schedule]
     healthy = config.prompt_for(config.healthy_class) if config.healthy_class in labels else None
     settings = asdict(config)
@@ -450,4 +456,16 @@ def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, o
         strategy="dreambooth",
         processes=processes,
         settings=settings,
+        **({"encoder_source": reference} if reference else {}),
     )
+
+
+def encoder_reference(config: FinetuneConfig, source: Any) -> str | None:
+    """The base's ``encoder_source`` when the trained model may name it instead of copying the encoder.
+
+    That holds when the base is a dva folder without ``text_encoder/`` that names its encoder's source, the
+    encoder stays frozen and no other encoder or path was asked for; the copy would be byte-identical.
+    """
+    reference = source.dva.get("encoder_source") if source.is_dva_folder and not source.has_text_encoder else None
+    same_encoder = config.encoder in (None, source.dva.get("encoder")) and config.encoder_path is None
+    return reference if reference and same_encoder and not config.train_text_encoder else None
