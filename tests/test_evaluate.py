@@ -262,3 +262,27 @@ def test_fid_of_two_folders_from_the_command_line(phantoms, fid_weights, tmp_pat
     assert done.value.code == 0, capsys.readouterr().err
     result = json.loads((tmp_path / "fid.json").read_text())
     assert result["first"]["images"] == 3 and result["fid"] > 0
+
+
+@pytest.mark.parametrize(("name", "perfect"), [
+    ("ssim", {"ssim": 1.0}), ("ms-ssim", {"ms_ssim": 1.0}),
+    ("localisation", {"auroc": 1.0, "auprc": 1.0, "best_dice": 1.0, "pointing_game": 1.0}), ("fid", {"fid": 0.0}),
+])
+def test_the_builtin_metrics_pass_the_conformance_kit(catalogue, name, perfect, fid_weights, tmp_path):
+    from dva.testing.conformance import check_metric
+
+    options = {"weights": str(fid_weights)} if name == "fid" else {}
+    check_metric(catalogue.get("metric", name), perfect, tmp_path, options)
+
+
+def test_xrv_fid_without_torchxrayvision_is_unavailable_not_broken(catalogue, tmp_path):
+    import importlib.util
+
+    from dva import MetricUnavailable
+    from dva.testing.conformance import check_metric
+
+    if importlib.util.find_spec("torchxrayvision") is not None:
+        pytest.skip("torchxrayvision is installed here")
+
+    with pytest.raises(MetricUnavailable, match="torchxrayvision"):
+        check_metric(catalogue.get("metric", "xrv-fid"), {"xrv_fid": 0.0}, tmp_path)
