@@ -27,8 +27,9 @@ def test_a_folder_missing_parts_names_them(tmp_path):
         inspect_model(str(tmp_path))
 
 
-def test_no_model_is_a_clear_error():
-    with pytest.raises(ConfigError, match="No model given"):
+def test_no_model_and_no_bundled_model_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("dva.core.model_folder.bundled_model", lambda: None)
+    with pytest.raises(ConfigError, match="No model given.*make tiny-model"):
         inspect_model(None)
 
 

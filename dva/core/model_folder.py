@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from dva.core.errors import ConfigError
 from dva.core.io import atomic_write_text
 
 DVA_JSON = "dva.json"
+BUNDLED_MODEL = "tiny-phantom"
 REQUIRED_PARTS = ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -40,13 +42,25 @@ class ModelSource:
         return self.is_local and (Path(self.location) / "projection" / "config.json").is_file()
 
 
+def bundled_model() -> Path | None:
+    """dva's own tiny model inside the package (``make tiny-model``), or None when it is not there."""
+    folder = Path(str(resources.files("dva") / "models" / BUNDLED_MODEL))
+    return folder if (folder / DVA_JSON).is_file() else None
+
+
 def inspect_model(location: str | None) -> ModelSource:
-    """Check that ``location`` is a usable model folder (or plausible hub id) before loading anything."""
+    """Check that ``location`` is a usable model folder (or plausible hub id) before loading anything.
+
+    No location means dva's bundled tiny model (trained on phantoms only; its dva.json note says so on every run).
+    """
     if not location:
-        raise ConfigError(
-            "No model given: pass --model with a Stable Diffusion folder, a hub id such as "
-            "CompVis/stable-diffusion-v1-4, or a dva model folder."
-        )
+        bundled = bundled_model()
+        if bundled is None:
+            raise ConfigError(
+                "No model given, and dva's bundled tiny model is missing (make tiny-model rebuilds it): pass --model "
+                "with a Stable Diffusion folder, a hub id such as CompVis/stable-diffusion-v1-4, or a dva model folder."
+            )
+        location = str(bundled)
     path = Path(location).expanduser()
     if path.exists():
         if not path.is_dir():
