@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(stderr=True)
     try:
         _add_plugin_commands()
-        code: Any = cli.main(args=args, prog_name="dva", standalone_mode=False)
+        code: Any = cli.main(args=args, prog_name="dva", standalone_mode=False, obj={"argv": args})
         sys.exit(code if isinstance(code, int) else 0)
     except click.exceptions.Abort:
         console.print("[red]Interrupted.[/] Rerun the same command to resume; completed images are kept.", soft_wrap=True)

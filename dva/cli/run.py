@@ -52,15 +52,26 @@ def _prior_options(pairs: tuple[str, ...], flag: str = "--prior-option", example
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute precision.")
 @click.option("--out", default="dva-out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
-def run(inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: str | None, out: str,
-        prior_option: tuple[str, ...], modality_option: tuple[str, ...], **flags: Any) -> int:
+@click.option("--num-processes", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Processes sharing the inputs on this machine (one per GPU; on the CPU, cores are shared).")
+@click.pass_context
+def run(ctx: click.Context, inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: str | None,
+        out: str, prior_option: tuple[str, ...], modality_option: tuple[str, ...], num_processes: int,
+        **flags: Any) -> int:
     """Make the healthy counterfactual and attribution map of each input (files or folders)."""
+    import os
+
     from rich.console import Console
 
     from dva.core.plugins import get_catalogue
     from dva.core.registry import load_entries, resolve
 
-    console = Console(stderr=True, soft_wrap=True)
+    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from dva.core.shards import relaunch
+
+        return relaunch(num_processes, _without_num_processes(ctx.find_root().obj.get("argv", [])))
+    # Under several processes only the first one talks; they share the inputs and its manifest says so.
+    console = Console(stderr=True, soft_wrap=True, quiet=int(os.environ.get("RANK", "0")) > 0)
     catalogue = get_catalogue()
     entries = load_entries(registries)
     overrides = dict(flags)
@@ -72,6 +83,19 @@ def run(inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: 
         overrides["modality_options"] = _prior_options(modality_option, "--modality-option", "slices=40:60")
     recipe = resolve(entries, catalogue, entry, overrides)
     return _execute(recipe, list(inputs), Path(out), mask, catalogue, console)
+
+
+def _without_num_processes(argv: list[str]) -> list[str]:
+    """The command line again, less ``--num-processes N``: what each launched process runs."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--num-processes":
+            skip = True
+        elif not arg.startswith("--num-processes="):
+            kept.append(arg)
+    return kept
 
 
 def _modality_by_extension(

@@ -21,6 +21,7 @@ from dva.core import attribution, io, manifest
 from dva.core.errors import ConfigError, InputError
 from dva.core.modality import ScanImage, ScanInput, load_result, read_input
 from dva.core.registry import Recipe
+from dva.core.shards import current_shard, gather
 
 MISSING_MASK = "--mask {mask}: no such file or folder; pass a mask image or a folder of masks named like the inputs."
 MANIFEST_INTERVAL_S = 15.0  # the manifest grows with the run; per-image record.json files make resuming exact
@@ -85,8 +86,11 @@ class RunResult:
     jobs: list[ImageJob]
     header: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None
+    merged: list[dict[str, Any]] | None = None  # every process's image summaries (process 0 of several)
 
     def count(self, status: str) -> int:
+        if self.merged is not None:
+            return sum(summary["status"] == status for summary in self.merged)
         return sum(job.status == status for job in self.jobs)
 
     @property
@@ -291,8 +295,11 @@ def run(
         raise ConfigError("No inputs given; pass image files, DICOM files or folders.")
     if mask is not None and not Path(mask).exists():
         raise ConfigError(MISSING_MASK.format(mask=mask))  # before any model is loaded
-    failed_paths = [ImageJob(path, path.name, "failed", message) for path, message in missing]
     check_samples(recipe, catalogue)  # before any model is loaded
+    shard = current_shard(recipe.device)
+    keys = output_keys(files, extensions)
+    position = {key: index for index, key in enumerate(keys)}
+    failed_paths = [ImageJob(path, path.name, "failed", message) for path, message in missing] if shard.is_main else []
     runtime = assemble(recipe, catalogue)
     on_loaded(runtime)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,8 +311,10 @@ def run(
     recipe_fingerprint = manifest.fingerprint(
         recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type, "prompt": runtime.prompt}
     )
+    header["processes"] = shard.count
     result = RunResult(out, list(failed_paths), header)
-    on_start(len(failed_paths) + len(files))
+    mine = shard.take(list(zip(files, keys)))
+    on_start(len(failed_paths) + len(mine))
     for job in failed_paths:
         on_image(job)
 
@@ -342,8 +351,9 @@ def run(
     last_manifest = time.monotonic()
 
     def save_manifest(force: bool = False) -> None:
+        """The manifest so far (one process only; several processes merge theirs at the end)."""
         nonlocal last_manifest
-        if force or time.monotonic() - last_manifest > MANIFEST_INTERVAL_S:
+        if shard.count == 1 and (force or time.monotonic() - last_manifest > MANIFEST_INTERVAL_S):
             manifest.write_manifest(out, header, [j.summary() for j in result.jobs])
             last_manifest = time.monotonic()
 
@@ -377,7 +387,7 @@ def run(
         save_manifest()
 
     try:
-        for path, key in zip(files, output_keys(files, extensions)):
+        for path, key in mine:
             started = time.perf_counter()
             try:
                 source, jobs = expand(path, key, modality, recipe.modality_options, runtime.resolution, mask)
@@ -408,7 +418,17 @@ def run(
         save_manifest(force=True)
     from dva.core.report import write_report
 
-    result.report = write_report(out, header, [j.summary() for j in result.jobs])
+    summaries = [job.summary() for job in result.jobs]
+    if shard.count > 1:
+        numbered = [(position.get(summary["output"].split("/", 1)[0], -1), index, shard.index, summary)
+                    for index, summary in enumerate(summaries)]
+        everything = gather(numbered, shard)
+        if not shard.is_main:
+            return result
+        header["images_per_process"] = [sum(item[2] == rank for item in everything) for rank in range(shard.count)]
+        summaries = result.merged = [item[3] for item in sorted(everything, key=lambda item: item[:2])]
+        manifest.write_manifest(out, header, summaries)
+    result.report = write_report(out, header, summaries)
     return result
 
 
