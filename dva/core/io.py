@@ -406,6 +406,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete what an atomic write killed mid-way (SIGKILL, power loss) left in ``folder`` and below."""
+    if folder.is_dir():
+        for stale in folder.rglob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

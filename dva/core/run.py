@@ -482,6 +482,7 @@ class OutputWriter:
     ) -> None:
         started = time.perf_counter()
         folder = self.out / job.key
+        io.remove_stale_temporaries(folder)  # this image's folder is this process's alone while it writes
         written = write_outputs(folder, job, counterfactual, condition, uncertainty)
         job.seconds += time.perf_counter() - started
         record = {**job.summary(), "status": "done", "fingerprint": self.fingerprint, "files": written}
