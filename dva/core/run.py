@@ -21,6 +21,7 @@ from dva.core import attribution, io, manifest
 from dva.core.errors import ConfigError, InputError
 from dva.core.modality import ScanImage, ScanInput, load_result, read_input
 from dva.core.registry import Recipe
+from dva.core.prefetch import prefetched
 from dva.core.shards import current_shard, gather
 
 MISSING_MASK = "--mask {mask}: no such file or folder; pass a mask image or a folder of masks named like the inputs."
@@ -275,14 +276,16 @@ def run(
     on_loaded: Callable[[Any], None] = lambda runtime: None,
     writer_threads: int | None = None,
     on_more: Callable[[int], None] = lambda count: None,
+    reader_threads: int | None = None,
 ) -> RunResult:
     """Generate counterfactuals and maps for every input into ``out``; resumes what is complete.
 
     Inputs are read with the recipe's modality: a file may hold several images (``OUT/<file>/<name>/``),
     and a modality with a writer writes outputs of its own into ``OUT/<file>/`` once they are done.
     ``on_start`` gets the number of inputs, ``on_more`` how many more images a file gave than one.
-    ``writer_threads``: threads writing outputs while the next batch samples (default: 2 on an
-    accelerator, 0 = inline on the CPU).
+    ``writer_threads``: threads writing outputs while the next batch samples, ``reader_threads``: threads
+    reading the next inputs meanwhile (both default to 2 on an accelerator, 0 = inline on the CPU, where
+    they would compete with torch for the same cores).
     """
     import torch
 
@@ -343,6 +346,8 @@ def run(
     # would compete with torch's own threads for the same cores (measured slower), so write inline.
     if writer_threads is None:
         writer_threads = 0 if runtime.device.type == "cpu" else 2
+    if reader_threads is None:
+        reader_threads = 0 if runtime.device.type == "cpu" else 2
     samples = recipe.samples
     # --samples K: each image takes K entries of a prior call; a call holds batch_size // K images (at least one).
     images_per_call = max(1, recipe.batch_size // samples)
@@ -386,21 +391,24 @@ def run(
         pending.clear()
         save_manifest()
 
+    def read(item: tuple[Path, str]) -> tuple[ScanInput, list[ImageJob], float]:
+        started = time.perf_counter()
+        source, jobs = expand(*item, modality, recipe.modality_options, runtime.resolution, mask)
+        return source, jobs, time.perf_counter() - started
+
     try:
-        for path, key in mine:
-            started = time.perf_counter()
-            try:
-                source, jobs = expand(path, key, modality, recipe.modality_options, runtime.resolution, mask)
-            except InputError as error:
-                failed = ImageJob(path, key, "failed", str(error))
+        for (path, key), outcome in prefetched(mine, read, reader_threads, depth=max(8, 2 * images_per_call)):
+            if isinstance(outcome, InputError):
+                failed = ImageJob(path, key, "failed", str(outcome))
                 result.jobs.append(failed)
                 on_image(failed)
                 continue
+            source, jobs, seconds = outcome
             result.jobs.extend(jobs)
             if len(jobs) > 1:
                 on_more(len(jobs) - 1)
             group = InputGroup(source, key, jobs, len(jobs)) if modality.writer else None
-            share = (time.perf_counter() - started) / len(jobs)
+            share = seconds / len(jobs)
             for job in jobs:
                 job.seconds, job.group = share, group
                 if manifest.is_complete(out / job.key, job.sha256, recipe_fingerprint):
