@@ -50,6 +50,11 @@ def _prior_options(pairs: tuple[str, ...], flag: str = "--prior-option", example
               "mean, and uncertainty.png shows their per-pixel standard deviation.")
 @click.option("--mask", type=click.Path(), help="Mask image, or a folder of masks matched to inputs by file stem.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the UNet (GPU).")
+@click.option("--channels-last/--no-channels-last", "channels_last", default=None,
+              help="Channels-last memory layout for the UNet and VAE (GPU).")
+@click.option("--vae-slicing/--no-vae-slicing", "vae_slicing", default=None,
+              help="Decode a batch one image at a time (less memory at large batch sizes).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute precision.")
 @click.option("--out", default="dva-out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--num-processes", type=click.IntRange(1, 1024), default=1, show_default=True,

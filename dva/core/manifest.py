@@ -21,7 +21,8 @@ from dva.core.io import atomic_write_text
 RECORD = "record.json"
 MANIFEST = "manifest.json"
 # Settings that change no pixel of an image's outputs, so a rerun may differ in them and still resume.
-NOT_IN_FINGERPRINT = ("batch_size", "entry", "description", "finetune")
+# What changes speed or memory but not the images (beyond float rounding), and labels.
+NOT_IN_FINGERPRINT = ("batch_size", "entry", "description", "finetune", "compile", "channels_last", "vae_slicing")
 
 
 def versions() -> dict[str, str]:

@@ -37,6 +37,9 @@ PLAIN_KEYS: dict[str, Option] = {
     "device": Option(str, "auto", "auto, cpu, cuda, cuda:N or mps"),
     "dtype": Option(str, "auto", "auto, float32, float16 or bfloat16", choices=("auto", "float32", "float16", "bfloat16")),
     "finetune": Option(dict, None, "settings of `dva finetune --entry` (see docs/finetune.md)"),
+    "compile": Option(bool, False, "torch.compile the UNet (GPU; the first batch pays the compile time)"),
+    "channels_last": Option(bool, False, "UNet and VAE in channels-last memory layout (faster convolutions on GPUs)"),
+    "vae_slicing": Option(bool, False, "decode a batch one image at a time (less memory at large batch sizes)"),
 }
 
 DEFAULT_COMPONENTS = {"encoder": None, "prior": "sdedit", "scheduler": None, "modality": "chest-xray"}
@@ -67,6 +70,9 @@ class Recipe:
     device: str = "auto"
     dtype: str = "auto"
     finetune: dict[str, Any] | None = None
+    compile: bool = False
+    channels_last: bool = False
+    vae_slicing: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -205,9 +205,27 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
 
     encoder_key = ("encoder", source.location, recipe.encoder, tuple(sorted(recipe.encoder_options.items())), device, dtype)
     encoder = reuse(encoder_key, encoder_on_device)
+    unet = speed_options(recipe, unet, vae)
     prior.load(ModelParts(unet, vae, scheduler, device, dtype))
     resolution = model_resolution(unet, vae)
     return Runtime(recipe, source, device, dtype, encoder, prior, resolution, healthy_prompt(recipe, source, catalogue))
+
+
+def speed_options(recipe: Recipe, unet: Any, vae: Any) -> Any:
+    """The recipe's speed options on the loaded parts; returns the UNet to sample with (compiled or not).
+
+    PyTorch's scaled-dot-product attention is diffusers' default already (``AttnProcessor2_0``).
+    """
+    if recipe.channels_last:
+        unet.to(memory_format=torch.channels_last)
+        vae.to(memory_format=torch.channels_last)
+    if recipe.vae_slicing:
+        vae.enable_slicing()
+    else:
+        vae.disable_slicing()
+    if recipe.compile:
+        return torch.compile(unet, mode="max-autotune-no-cudagraphs", fullgraph=False)
+    return unet
 
 
 def model_resolution(unet: Any, vae: Any) -> int:
