@@ -69,3 +69,13 @@ def test_bench_attribution_quick_measures_maps_and_induction_on_fresh_phantoms(t
     assert all(0.0 <= row["auroc"] <= 1.0 and row["seconds_per_image"] > 0 for row in payload["attribution"])
     assert set(payload["induction"]["zones"]) == {"right upper", "right middle", "right lower", "left upper",
                                                   "left middle", "left lower"}
+
+
+def test_gpu_run_tiny_runs_on_the_cpu_and_says_gpu_numbers_are_pending(tmp_path):
+    out = run_script("gpu_run.py", "--tiny", "--json", str(tmp_path / "gpu_run.json"))
+    assert "GPU numbers pending" in out and "| dva run, dpm-solver++ 20 steps |" in out
+    payload = json.loads((tmp_path / "gpu_run.json").read_text())
+    assert payload["gpu_numbers_pending"] is True
+    assert [row["variant"] for row in payload["results"]] == [
+        "baseline diffusers img2img, fp16, batch 1", "dva run, best settings", "dva run, dpm-solver++ 20 steps"]
+    assert all(row["seconds"] > 0 for row in payload["results"])
