@@ -25,7 +25,7 @@ def test_builtin_plugin_modules_are_light_to_import():
     conformance.check_light_import(*BUILTIN_PLUGINS)
 
 
-@pytest.mark.parametrize("name", ["radbert", "biobert", "pubmedclip", "clip"])
+@pytest.mark.parametrize("name", ["radbert", "biobert", "pubmedclip", "clip", "minilm"])
 def test_builtin_encoders_conform(catalogue, name, tmp_path):
     conformance.check_encoder(catalogue.get("encoder", name), tmp_path)
 
@@ -36,7 +36,7 @@ def test_builtin_schedulers_conform(catalogue, name, tmp_path):
 
 
 def test_every_builtin_encoder_scheduler_prior_modality_and_dataset_is_covered_here(catalogue):
-    assert builtin(catalogue, "encoder") == ["biobert", "clip", "pubmedclip", "radbert"]
+    assert builtin(catalogue, "encoder") == ["biobert", "clip", "minilm", "pubmedclip", "radbert"]
     assert builtin(catalogue, "scheduler") == ["ddim", "dpm-solver++", "euler", "pndm", "unipc"]
     assert builtin(catalogue, "prior") == ["controlnet-canny", "ddim-inversion", "sdedit"]
     assert builtin(catalogue, "modality") == ["chest-xray"]
