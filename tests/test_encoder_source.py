@@ -48,11 +48,12 @@ def test_the_encoder_named_by_dva_json_is_loaded_with_the_folders_projection(cat
 def test_finetuning_with_the_encoder_frozen_keeps_the_reference(catalogue, dataset, tmp_path):
     model, encoder_folder = referencing_model(tmp_path)
     config = FinetuneConfig(base_model=str(model), data=str(dataset), out=str(tmp_path / "out"),
-                            schedule=parse_schedule("Normal:1,Lung Opacity:1"), device="cpu", prior_weight=0.0,
-                            train_text_encoder=False, checkpoint_every=0, learning_rate=1e-2)
+                            schedule=parse_schedule("Normal:1,Lung Opacity:1,Normal:1"), device="cpu",
+                            prior_weight=0.0, train_text_encoder=False, checkpoint_every=0, learning_rate=1e-2)
     out = train(config, catalogue)
     assert not (out / "text_encoder").exists() and (out / "projection" / "model.safetensors").is_file()
-    assert json.loads((out / "dva.json").read_text())["encoder_source"] == str(encoder_folder)
+    dva = json.loads((out / "dva.json").read_text())
+    assert dva["encoder_source"] == str(encoder_folder) and dva["classes"] == ["Normal", "Lung Opacity"]
     trained = load_encoder(Recipe(), catalogue, inspect_model(str(out)), 48)
     base = load_encoder(Recipe(), catalogue, inspect_model(str(model)), 48)
     assert not torch.equal(trained.projection.weight, base.projection.weight)  # the projection learned
