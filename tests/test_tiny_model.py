@@ -65,3 +65,23 @@ def test_a_healthy_counterfactual_removes_the_opacity_more_than_it_changes_the_l
     scores = score_model(TinyPipeline(folder), [7, 9], seed=SAMPLE_SEED, strength=0.6, steps=10)  # bundled samples
     for score in scores:
         assert score.lesion > 1.5 * score.lungs, score
+
+
+def test_the_vae_recipe_is_seeded_and_sets_its_scaling_factor():
+    """make tiny-model's VAE stage gives the same weights twice, with latents scaled to unit variance."""
+    from dataclasses import replace
+
+    import torch
+
+    from dva.tinymodel.samples import SAMPLE_SEED
+    from dva.tinymodel.check import load_phantom
+    from dva.tinymodel.vae import VaeRecipe, train_vae
+
+    images = torch.stack([torch.from_numpy(load_phantom("Normal", i, SAMPLE_SEED, 64)[0]).float() for i in (1, 2)])
+    images = images.mul(2).sub(1)[:, None].repeat(1, 3, 1, 1)
+    recipe = replace(VaeRecipe(), steps=2, batch_size=2)
+    first, second = (train_vae(images, recipe, log=lambda message: None) for _ in range(2))
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    with torch.no_grad():
+        means = first.encode(images).latent_dist.mean
+    assert abs(float(means.std()) * first.config.scaling_factor - 1) < 1e-4
