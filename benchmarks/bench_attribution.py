@@ -146,23 +146,32 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
             labels = lung_zones(lungs)
             hits.append(bool(labels[cy, cx] == index))
         zones[zone] = float(np.mean(hits))
-    recipe = resolve(load_entries(), catalogue, "default",
-                     {**base, "prior": "sdedit", "strength": CARDIOMEGALY_STRENGTH, "prompt": "cardiomegaly"})
-    out = work / "induction" / "cardiomegaly"
-    dva_run(recipe, normals, out, catalogue)
-    growth = []
-    for path in normals:
-        lungs = mask(data / "Normal" / "masks" / path.name)
-        before = cardiothoracic_ratio(segmented_lungs(gray(out / path.stem / "input.png"), lungs))
-        after = cardiothoracic_ratio(segmented_lungs(gray(out / path.stem / "counterfactual.png"), lungs))
-        growth.append(after - before)
-    growth_array = np.array(growth, dtype=np.float64)
-    finite = growth_array[np.isfinite(growth_array)]
+    def ctr_changes(prompt: str) -> np.ndarray:
+        """Cardiothoracic ratio after minus before, per Normal phantom, for sdedit with ``prompt``."""
+        recipe = resolve(load_entries(), catalogue, "default",
+                         {**base, "prior": "sdedit", "strength": CARDIOMEGALY_STRENGTH, "prompt": prompt})
+        out = work / "induction" / prompt.replace(" ", "-")
+        dva_run(recipe, normals, out, catalogue)
+        changes = []
+        for path in normals:
+            lungs = mask(data / "Normal" / "masks" / path.name)
+            before = cardiothoracic_ratio(segmented_lungs(gray(out / path.stem / "input.png"), lungs))
+            after = cardiothoracic_ratio(segmented_lungs(gray(out / path.stem / "counterfactual.png"), lungs))
+            changes.append(after - before)
+        changes_array = np.array(changes, dtype=np.float64)
+        return changes_array[np.isfinite(changes_array)]
+
+    induced = ctr_changes("cardiomegaly")
+    # The control: the same strength with the healthy prompt. Whatever the model's blur does to the measured
+    # ratio shows here too; only the difference is the prompt's doing.
+    control = ctr_changes("normal chest x ray")
     return {
         "zones": zones, "zone_hit_rate": float(np.mean(list(zones.values()))),
-        "cardiomegaly_grown": float(np.mean(finite >= CTR_GROWTH)) if finite.size else float("nan"),
-        "cardiomegaly_mean_ctr_change": float(finite.mean()) if finite.size else float("nan"),
-        "cardiomegaly_measured": int(finite.size), "images": len(normals),
+        "cardiomegaly_grown": float(np.mean(induced >= CTR_GROWTH)) if induced.size else float("nan"),
+        "cardiomegaly_mean_ctr_change": float(induced.mean()) if induced.size else float("nan"),
+        "control_grown": float(np.mean(control >= CTR_GROWTH)) if control.size else float("nan"),
+        "control_mean_ctr_change": float(control.mean()) if control.size else float("nan"),
+        "cardiomegaly_measured": int(induced.size), "images": len(normals),
     }
 
 
@@ -181,7 +190,8 @@ def print_report(rows: list[dict], induction: dict, settings: dict) -> None:
     print(f"| all zones | {induction['zone_hit_rate']:.0%} |")
     print(f"\n\"cardiomegaly\" (sdedit {CARDIOMEGALY_STRENGTH}): cardiothoracic ratio grew by >= {CTR_GROWTH} in "
           f"{induction['cardiomegaly_grown']:.0%} of {induction['cardiomegaly_measured']} measurable phantoms "
-          f"(mean change {induction['cardiomegaly_mean_ctr_change']:+.3f})")
+          f"(mean change {induction['cardiomegaly_mean_ctr_change']:+.3f}); control with the healthy prompt: "
+          f"{induction['control_grown']:.0%}, mean change {induction['control_mean_ctr_change']:+.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="scheduler steps (default 50; --quick 4)")
     parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 phantoms per class, 4 steps")
+    parser.add_argument("--induction-only", action="store_true", help="skip the maps; measure induction only")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
     import torch
@@ -210,13 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     recipe = resolve(load_entries(), catalogue, "default", base)
     unet, vae, _ = load_diffusion_parts(inspect_model(recipe.model), pick_device("cpu"), torch.float32)
     size = model_resolution(unet, vae)
-    settings = {"model": recipe.model, "n": n, "size": size, "steps": steps, "guidance_scale": args.guidance_scale}
+    settings = {"model": recipe.model or "the bundled tiny model (dva/models/tiny-phantom)", "n": n, "size": size, "steps": steps, "guidance_scale": args.guidance_scale}
     load_before = load_average()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         data = make_phantoms(work / "phantoms", n, size, seed=TEST_SEED)
-        rows = [attribution_row(label, overrides, data, work, base, catalogue) for label, overrides in SETTINGS]
+        rows = [] if args.induction_only else [
+            attribution_row(label, overrides, data, work, base, catalogue) for label, overrides in SETTINGS]
         induction = induction_rows(data, work, base, catalogue)
     print_report(rows, induction, settings)
     elapsed = time.perf_counter() - started
