@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_finetune.py
 	$(PY) benchmarks/bench_fid.py
 	$(PY) benchmarks/bench_similarity.py
+	$(PY) benchmarks/bench_scale.py
 
 # Maps against the lesions of fresh phantoms, per prior; localized and cardiomegaly induction (docs/benchmarks.md).
 bench-attribution: $(STAMP)

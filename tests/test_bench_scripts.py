@@ -79,3 +79,11 @@ def test_gpu_run_tiny_runs_on_the_cpu_and_says_gpu_numbers_are_pending(tmp_path)
     assert [row["variant"] for row in payload["results"]] == [
         "baseline diffusers img2img, fp16, batch 1", "dva run, best settings", "dva run, dpm-solver++ 20 steps"]
     assert all(row["seconds"] > 0 for row in payload["results"])
+
+
+def test_bench_scale_quick_measures_memory_and_processes(tmp_path):
+    out = run_script("bench_scale.py", "--quick", "--json", str(tmp_path / "scale.json"))
+    assert "peak RSS" in out and "vs 1 process" in out
+    payload = json.loads((tmp_path / "scale.json").read_text())
+    assert [row["images"] for row in payload["memory"]] == [8, 16]
+    assert [row["processes"] for row in payload["processes"]] == [1, 2]
