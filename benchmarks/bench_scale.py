@@ -48,11 +48,12 @@ def dva_run(model: Path, inputs: Path, out: Path, processes: int = 1) -> dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 8 and 16 images; 8 for processes")
+    parser.add_argument("--sizes", type=int, nargs="+", help="numbers of images for the memory rows (default 50 400)")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
     from dva.testing.tiny import make_tiny_dva_model
 
-    sizes = (8, 16) if args.quick else (50, 400)
+    sizes = sorted(args.sizes) if args.sizes else ((8, 16) if args.quick else (50, 400))
     shared = 8 if args.quick else 32
     load_before = load_average()
     results: dict[str, list[dict]] = {"memory": [], "processes": []}
