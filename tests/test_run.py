@@ -216,7 +216,6 @@ def test_manifest_and_report(catalogue, tiny_sd, images, tmp_path):
 
 
 def test_dicom_and_16_bit_inputs_run_end_to_end(catalogue, tiny_sd, tmp_path):
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
