@@ -42,6 +42,11 @@ SETTINGS = (  # label, recipe overrides
     ("sdedit 0.85", {"prior": "sdedit", "strength": 0.85}),
     ("ddim-inversion 0.6", {"prior": "ddim-inversion", "strength": 0.6}),
     ("sdedit 0.55, K = 4", {"prior": "sdedit", "strength": 0.55, "samples": 4}),
+    # --reference reconstruction: the map against the same-noise unconditional reconstruction.
+    ("sdedit 0.55 vs reconstruction", {"prior": "sdedit", "strength": 0.55, "reference": "reconstruction"}),
+    ("sdedit 0.55, K = 4 vs reconstruction",
+     {"prior": "sdedit", "strength": 0.55, "samples": 4, "reference": "reconstruction"}),
+    ("ddim-inversion 0.6 vs reconstruction", {"prior": "ddim-inversion", "strength": 0.6, "reference": "reconstruction"}),
 )
 INDUCTION_STRENGTH = 0.7
 CARDIOMEGALY_STRENGTH = 0.9
@@ -120,32 +125,47 @@ def segmented_lungs(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (image < threshold) & box
 
 
+def zone_hit(added: np.ndarray, lungs: np.ndarray, zone_index: int) -> bool:
+    """Whether the brightness ``added`` inside the lungs has its centroid in zone ``zone_index``."""
+    from dva.datasets.phantoms import lung_zones
+
+    added = np.where(lungs, np.clip(added, 0, None), 0.0)
+    if added.sum() <= 0:
+        return False
+    y, x = np.indices(added.shape)
+    cy, cx = (int(round(float((c * added).sum() / added.sum()))) for c in (y, x))
+    return bool(lung_zones(lungs)[cy, cx] == zone_index)
+
+
 def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
-    """Localized opacity by zone, and cardiomegaly, induced on Normal phantoms with sdedit."""
+    """Localized opacity by zone, and cardiomegaly, induced on Normal phantoms with sdedit.
+
+    The runs use ``--reference reconstruction``, so each gives both the change against the input (what a
+    user sees) and the change against the same-noise unconditional reconstruction (what the prompt alone did).
+    """
     from dva.core.registry import load_entries, resolve
-    from dva.datasets.phantoms import ZONES, cardiothoracic_ratio, lung_zones
+    from dva.datasets.phantoms import ZONES, cardiothoracic_ratio
 
     normals = sorted((data / "Normal" / "images").glob("*.png"))
     zones: dict[str, float] = {}
+    zones_vs_reconstruction: dict[str, float] = {}
     for index, zone in enumerate(ZONES):
         prompt = f"lung opacity in the {zone} zone"
         recipe = resolve(load_entries(), catalogue, "default",
-                         {**base, "prior": "sdedit", "strength": INDUCTION_STRENGTH, "prompt": prompt})
+                         {**base, "prior": "sdedit", "strength": INDUCTION_STRENGTH, "prompt": prompt,
+                          "reference": "reconstruction"})
         out = work / "induction" / zone.replace(" ", "-")
         dva_run(recipe, normals, out, catalogue)
-        hits = []
+        hits, hits_vs_reconstruction = [], []
         for path in normals:
             lungs = mask(data / "Normal" / "masks" / path.name)
-            added = np.clip(gray(out / path.stem / "counterfactual.png") - gray(out / path.stem / "input.png"), 0, None)
-            added = np.where(lungs, added, 0.0)
-            if added.sum() <= 0:
-                hits.append(False)
-                continue
-            y, x = np.indices(added.shape)
-            cy, cx = (int(round(float((c * added).sum() / added.sum()))) for c in (y, x))
-            labels = lung_zones(lungs)
-            hits.append(bool(labels[cy, cx] == index))
+            counterfactual = gray(out / path.stem / "counterfactual.png")
+            hits.append(zone_hit(counterfactual - gray(out / path.stem / "input.png"), lungs, index))
+            hits_vs_reconstruction.append(
+                zone_hit(counterfactual - gray(out / path.stem / "reconstruction.png"), lungs, index))
         zones[zone] = float(np.mean(hits))
+        zones_vs_reconstruction[zone] = float(np.mean(hits_vs_reconstruction))
+
     def ctr_changes(prompt: str) -> np.ndarray:
         """Cardiothoracic ratio after minus before, per Normal phantom, for sdedit with ``prompt``."""
         recipe = resolve(load_entries(), catalogue, "default",
@@ -167,6 +187,8 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
     control = ctr_changes("normal chest x ray")
     return {
         "zones": zones, "zone_hit_rate": float(np.mean(list(zones.values()))),
+        "zones_vs_reconstruction": zones_vs_reconstruction,
+        "zone_hit_rate_vs_reconstruction": float(np.mean(list(zones_vs_reconstruction.values()))),
         "cardiomegaly_grown": float(np.mean(induced >= CTR_GROWTH)) if induced.size else float("nan"),
         "cardiomegaly_mean_ctr_change": float(induced.mean()) if induced.size else float("nan"),
         "control_grown": float(np.mean(control >= CTR_GROWTH)) if control.size else float("nan"),
@@ -175,7 +197,7 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
     }
 
 
-def print_report(rows: list[dict], induction: dict, settings: dict) -> None:
+def print_report(rows: list[dict], induction: dict | None, settings: dict) -> None:
     print(f"\nmodel: {settings['model']}; {settings['n']} phantoms per class at {settings['size']} px, seed {TEST_SEED}; "
           f"{settings['steps']} steps, guidance {settings['guidance_scale']}\n")
     print("| setting | AUROC | AUPRC | Dice (Otsu) | best Dice | null energy ratio | SSIM outside lesion | s/image |")
@@ -183,11 +205,14 @@ def print_report(rows: list[dict], induction: dict, settings: dict) -> None:
     for r in rows:
         print(f"| {r['setting']} | {r['auroc']:.3f} | {r['auprc']:.3f} | {r['dice_otsu']:.3f} | {r['best_dice']:.3f} | "
               f"{r['null_ratio']:.3f} | {r['ssim_outside_lesion']:.3f} | {r['seconds_per_image']:.2f} |")
+    if induction is None:
+        return
     print(f"\ninduction on {induction['images']} Normal phantoms (sdedit {INDUCTION_STRENGTH}):")
-    print("| prompt zone | centroid in the zone |\n|---|---:|")
+    print("| prompt zone | centroid of counterfactual - input in the zone | of counterfactual - reconstruction |")
+    print("|---|---:|---:|")
     for zone, rate in induction["zones"].items():
-        print(f"| {zone} | {rate:.0%} |")
-    print(f"| all zones | {induction['zone_hit_rate']:.0%} |")
+        print(f"| {zone} | {rate:.0%} | {induction['zones_vs_reconstruction'][zone]:.0%} |")
+    print(f"| all zones | {induction['zone_hit_rate']:.0%} | {induction['zone_hit_rate_vs_reconstruction']:.0%} |")
     print(f"\n\"cardiomegaly\" (sdedit {CARDIOMEGALY_STRENGTH}): cardiothoracic ratio grew by >= {CTR_GROWTH} in "
           f"{induction['cardiomegaly_grown']:.0%} of {induction['cardiomegaly_measured']} measurable phantoms "
           f"(mean change {induction['cardiomegaly_mean_ctr_change']:+.3f}); control with the healthy prompt: "
@@ -202,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 phantoms per class, 4 steps")
     parser.add_argument("--induction-only", action="store_true", help="skip the maps; measure induction only")
+    parser.add_argument("--maps-only", action="store_true", help="skip induction; measure the maps only")
+    parser.add_argument("--only", help="measure only the settings whose label contains this text")
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
     import torch
@@ -228,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(folder)
         data = make_phantoms(work / "phantoms", n, size, seed=TEST_SEED)
         rows = [] if args.induction_only else [
-            attribution_row(label, overrides, data, work, base, catalogue) for label, overrides in SETTINGS]
-        induction = induction_rows(data, work, base, catalogue)
+            attribution_row(label, overrides, data, work, base, catalogue) for label, overrides in SETTINGS
+            if args.only is None or args.only in label]
+        induction = None if args.maps_only else induction_rows(data, work, base, catalogue)
     print_report(rows, induction, settings)
     elapsed = time.perf_counter() - started
     print(f"\n{elapsed:.0f} s; load average before {load_before}, after {load_average()}")

@@ -384,7 +384,7 @@ def output_writing_at_scale(model_side: int, original: tuple[int, int], repeats:
     """Seconds for dva's ``write_outputs`` of one image at a real model size and a real scan size (no model)."""
     import dva.core.attribution
     import dva.core.io
-    from dva.core.run import ImageJob, write_outputs
+    from dva.core.run import Generated, ImageJob, write_outputs
 
     rng = np.random.default_rng(0)
     height, width = original
@@ -403,7 +403,7 @@ def output_writing_at_scale(model_side: int, original: tuple[int, int], repeats:
                               (dva.core.attribution, "heatmap", "colormaps"),
                               (dva.core.io, "atomic_write_bytes", "file writes (incl. fsync)")]):
                 began = time.perf_counter()
-                write_outputs(Path(tmp) / f"r{repeat}", job, counterfactual.astype(np.float32), None)
+                write_outputs(Path(tmp) / f"r{repeat}", job, Generated(counterfactual.astype(np.float32)))
                 times.append(time.perf_counter() - began)
             parts.append(dict(timers.seconds))
             size = sum(p.stat().st_size for p in (Path(tmp) / f"r{repeat}").rglob("*") if p.is_file())

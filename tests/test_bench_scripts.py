@@ -65,10 +65,12 @@ def test_bench_attribution_quick_measures_maps_and_induction_on_fresh_phantoms(t
     assert "| sdedit 0.55, K = 4 |" in out and "| ddim-inversion 0.6 |" in out and "| all zones |" in out
     payload = json.loads((tmp_path / "attribution.json").read_text())
     assert [row["setting"] for row in payload["attribution"]] == [
-        "sdedit 0.55", "sdedit 0.85", "ddim-inversion 0.6", "sdedit 0.55, K = 4"]
+        "sdedit 0.55", "sdedit 0.85", "ddim-inversion 0.6", "sdedit 0.55, K = 4", "sdedit 0.55 vs reconstruction",
+        "sdedit 0.55, K = 4 vs reconstruction", "ddim-inversion 0.6 vs reconstruction"]
     assert all(0.0 <= row["auroc"] <= 1.0 and row["seconds_per_image"] > 0 for row in payload["attribution"])
     assert set(payload["induction"]["zones"]) == {"right upper", "right middle", "right lower", "left upper",
                                                   "left middle", "left lower"}
+    assert set(payload["induction"]["zones_vs_reconstruction"]) == set(payload["induction"]["zones"])
 
 
 def test_gpu_run_tiny_runs_on_the_cpu_and_says_gpu_numbers_are_pending(tmp_path):

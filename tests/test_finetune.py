@@ -48,6 +48,51 @@ def test_classes_may_come_back_and_groups_repeat():
     assert [phase_at(parse_schedule("[A:1,B:1]*2"), step).label for step in range(4)] == ["A", "B", "A", "B"]
 
 
+def test_a_phase_may_mix_classes():
+    """"A+B:N" trains on both classes at once; the classes keep their order of first appearance."""
+    from dva.finetune.schedule import schedule_classes
+
+    phases = parse_schedule("Normal + Lung Opacity:3,COVID:1,Normal:2")
+    assert phases[0] == Phase("Normal+Lung Opacity", 3) and phases[0].classes == ("Normal", "Lung Opacity")
+    assert phases[0].mixed and not phases[1].mixed
+    assert schedule_classes(phases) == ["Normal", "Lung Opacity", "COVID"]
+    for bad in ("A++B:2", "A+:2", "+A:2"):
+        with pytest.raises(ConfigError, match="empty class"):
+            parse_schedule(bad)
+
+
+def test_a_mixed_phase_draws_classes_evenly_however_many_images_each_has():
+    from dva.finetune.dreambooth import TrainingData
+
+    data = TrainingData({"A": [Path(f"a{i}") for i in range(3)], "B": [Path(f"b{i}") for i in range(300)]}, 64)
+    chosen = data.draw("A+B", 4000, np.random.default_rng(0))
+    share = np.mean([path.name.startswith("a") for path in chosen])
+    assert 0.47 < share < 0.53
+    assert len({path for path in chosen if path.name.startswith("b")}) > 250, "images are drawn from the whole class"
+    assert data.draw("B", 5, np.random.default_rng(1)) == data.draw("B", 5, np.random.default_rng(1))
+
+
+def test_a_mixed_phase_prompts_each_image_with_its_own_class(catalogue, tiny_radbert_model, dataset, tmp_path, monkeypatch):
+    from dva.finetune import dreambooth
+
+    seen: list[str] = []
+    original = dreambooth.TextCache.__call__
+
+    def record(self, prompts, device):
+        seen.extend(prompts)
+        return original(self, prompts, device)
+
+    monkeypatch.setattr(dreambooth.TextCache, "__call__", record)
+    out = tmp_path / "model"
+    train(config(tiny_radbert_model, dataset, out, "Normal+Lung Opacity:6", batch_size=4, cache_latents=True,
+                 train_text_encoder=False, class_prompts={"Normal": "healthy", "Lung Opacity": "opacity"}), catalogue)
+    assert set(seen) == {"healthy", "opacity"} and len(seen) == 24
+    info = json.loads((out / "dva.json").read_text())
+    assert info["classes"] == ["Normal", "Lung Opacity"] and info["schedule"] == "Normal+Lung Opacity:6"
+    assert info["prompts"] == {"healthy": "healthy", "classes": {"Normal": "healthy", "Lung Opacity": "opacity"}}
+    assert {row["class"] for row in log_rows(out)} == {"Normal+Lung Opacity"}
+
+
 def test_multi_class_schedule_trains_in_order_and_writes_a_model_dva_run_loads(
     catalogue, tiny_radbert_model, dataset, images, tmp_path
 ):

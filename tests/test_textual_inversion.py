@@ -116,6 +116,14 @@ def test_a_class_prompt_without_the_placeholder_is_refused(catalogue, tiny_radbe
               catalogue)
 
 
+def test_a_mixed_class_phase_is_refused_before_training(catalogue, tiny_radbert_model, dataset, tmp_path):
+    """Each class learns its own token in its own phase, so "A+B" has no token to learn."""
+    out = tmp_path / "model"
+    with pytest.raises(ConfigError, match="split 'Normal\\+Lung Opacity' into one phase per class"):
+        train(config(tiny_radbert_model, dataset, out, "Normal+Lung Opacity:2"), catalogue)
+    assert not out.exists()
+
+
 def test_textual_inversion_from_the_command_line(tiny_radbert_model, dataset, tmp_path, capsys):
     from dva.cli import main
 

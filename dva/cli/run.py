@@ -48,6 +48,9 @@ def _prior_options(pairs: tuple[str, ...], flag: str = "--prior-option", example
 @click.option("--batch-size", type=int, help="Images per batch (results do not depend on it).")
 @click.option("--samples", type=int, help="Counterfactuals per image (seeds seed..seed+K-1); the map comes from their "
               "mean, and uncertainty.png shows their per-pixel standard deviation.")
+@click.option("--reference", type=click.Choice(["input", "reconstruction"]),
+              help="Subtract the counterfactual from the input (default), or from the prior's unconditional "
+              "reconstruction made from the same noise: what the prompt alone changed.")
 @click.option("--mask", type=click.Path(), help="Mask image, or a folder of masks matched to inputs by file stem.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--compile/--no-compile", "compile", default=None, help="torch.compile the UNet (GPU).")

@@ -48,14 +48,21 @@ def overlay(
     return (1.0 - alpha) * base + alpha * (heatmap(signed, scale) if heat is None else heat)
 
 
-def combine_samples(counterfactuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The mean counterfactual ``(H, W, C)`` of K samples ``(K, H, W, C)``, and the per-pixel standard deviation
-    ``(H, W)`` of their grayscale (ddof 1, zero for one sample): how much the map moves with the seed alone.
+def combine_samples(
+    counterfactuals: np.ndarray, references: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The mean counterfactual ``(H, W, C)`` of K samples ``(K, H, W, C)``, the mean of their references
+    (None without), and the per-pixel standard deviation ``(H, W)`` of the K grayscale maps (ddof 1, zero for
+    one sample): how much the map moves with the seed alone.
 
-    The map of the mean is the mean of the K maps (``input - counterfactual`` is linear), so it keeps the
-    evidence the samples agree on and averages their sampling noise away.
+    The map of the means is the mean of the K maps (a difference is linear), so it keeps the evidence the
+    samples agree on and averages their sampling noise away. Without references every map has the same
+    minuend (the input), so the spread is that of the counterfactuals.
     """
     samples = counterfactuals.astype(np.float32)
-    gray = samples.mean(axis=-1)
-    spread = gray.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros(gray.shape[1:], np.float32)
-    return samples.mean(axis=0), spread.astype(np.float32)
+    maps = -samples.mean(axis=-1)
+    if references is not None:
+        maps = maps + references.astype(np.float32).mean(axis=-1)
+    spread = maps.std(axis=0, ddof=1) if len(samples) > 1 else np.zeros(maps.shape[1:], np.float32)
+    mean_reference = None if references is None else references.astype(np.float32).mean(axis=0)
+    return samples.mean(axis=0), mean_reference, spread.astype(np.float32)

@@ -21,6 +21,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+REFERENCES = ("input", "reconstruction")
 COMPONENT_KEYS = {"encoder": "encoder", "prior": "prior", "scheduler": "scheduler", "modality": "modality"}
 
 PLAIN_KEYS: dict[str, Option] = {
@@ -34,6 +35,8 @@ PLAIN_KEYS: dict[str, Option] = {
     "seed": Option(int, 0, "seed of every image's own generator", 0, 2**63 - 1),
     "batch_size": Option(int, 1, "images per UNet batch (outputs do not depend on it)", 1, 4096),
     "samples": Option(int, 1, "counterfactuals per image (seeds seed..seed+K-1): map from their mean, plus a per-pixel uncertainty", 1, 64),
+    "reference": Option(str, "input", "what the counterfactual is subtracted from: the input (the thesis' map), or the "
+                        "prior's unconditional reconstruction from the same noise", choices=REFERENCES),
     "device": Option(str, "auto", "auto, cpu, cuda, cuda:N or mps"),
     "dtype": Option(str, "auto", "auto, float32, float16 or bfloat16", choices=("auto", "float32", "float16", "bfloat16")),
     "finetune": Option(dict, None, "settings of `dva finetune --entry` (see docs/finetune.md)"),
@@ -67,6 +70,7 @@ class Recipe:
     seed: int = 0
     batch_size: int = 1
     samples: int = 1
+    reference: str = "input"
     device: str = "auto"
     dtype: str = "auto"
     finetune: dict[str, Any] | None = None

@@ -13,7 +13,8 @@ from dva.core.io import atomic_write_text
 
 MAX_ROWS = 200
 THUMBNAIL = 256
-COLUMNS = ("input.png", "counterfactual.png", "attribution.png", "overlay.png", "condition.png")
+COLUMNS = ("input.png", "reconstruction.png", "counterfactual.png", "attribution.png", "overlay.png", "uncertainty.png",
+           "condition.png")
 
 
 def _thumbnail(path: Path) -> str:
@@ -43,6 +44,7 @@ def write_report(out: Path, header: dict[str, Any], images: list[dict[str, Any]]
     more = len([i for i in images if i["status"] in ("done", "skipped")]) - len(shown)
     settings = html.escape(json.dumps(header.get("recipe", {}), indent=2, default=str))
     note = html.escape(header.get("model_note") or "")
+    minuend = "reconstruction" if header.get("recipe", {}).get("reference") == "reconstruction" else "input"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dva run report</title>
 <style>
@@ -53,7 +55,7 @@ img{{width:{THUMBNAIL}px;image-rendering:auto;display:block}} pre{{background:#2
 </style></head><body>
 <h1>dva: healthy counterfactuals and attribution maps</h1>
 <p class="note">{note}</p>
-<p>Attribution = input &minus; counterfactual (brighter = larger change; signed values in
+<p>Attribution = {minuend} &minus; counterfactual (brighter = larger change; signed values in
 <code>attribution.safetensors</code>). Prompt: <q>{html.escape(str(header.get("prompt", "")))}</q>;
 {header.get("unet_calls", "?")} denoising UNet calls per image.</p>
 <table><tr><th>image</th>{"".join(f"<th>{c[:-4]}</th>" for c in columns)}</tr>

@@ -29,6 +29,18 @@ MANIFEST_INTERVAL_S = 15.0  # the manifest grows with the run; per-image record.
 
 
 @dataclass
+class Generated:
+    """What the prior made for one image: its (mean) counterfactual, the prior's condition image, the
+    samples' per-pixel spread (``--samples`` above 1) and the unconditional reconstruction the map is
+    taken against (``--reference reconstruction``); each ``(H, W, C)`` or ``(H, W)`` in [0, 1]."""
+
+    counterfactual: np.ndarray
+    condition: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
+    reference: np.ndarray | None = None
+
+
+@dataclass
 class ImageJob:
     """One input on its way through the run."""
 
@@ -159,23 +171,26 @@ def expand(
     return source, jobs
 
 
-def write_outputs(
-    folder: Path, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None,
-    uncertainty: np.ndarray | None = None,
-) -> list[str]:
+def write_outputs(folder: Path, job: ImageJob, generated: Generated) -> list[str]:
     """Write every output of one image; returns the file names (relative to ``folder``).
 
-    ``uncertainty`` (``--samples`` above 1): the per-pixel standard deviation of the samples, written as
-    ``uncertainty.png`` (heatmap on the map's own scale, so the two compare by eye) and into the safetensors.
+    With ``generated.uncertainty`` (``--samples`` above 1) the per-pixel standard deviation of the samples'
+    maps is written as ``uncertainty.png`` (heatmap on the map's own scale, so the two compare by eye) and
+    into the safetensors. With ``generated.reference`` (``--reference reconstruction``) the map is
+    ``reconstruction - counterfactual`` and ``reconstruction.png`` is written beside the counterfactual.
     """
     from safetensors.numpy import save as save_tensors
 
-    gray_cf = counterfactual.mean(axis=-1)
-    signed = attribution.attribution_map(job.model_image, gray_cf, job.model_mask)
+    counterfactual, reference, uncertainty = generated.counterfactual, generated.reference, generated.uncertainty
+    base = job.model_image if reference is None else reference.mean(axis=-1)
+    signed = attribution.attribution_map(base, counterfactual.mean(axis=-1), job.model_mask)
     scale = attribution.map_scale(signed, job.model_mask)
     full_input = io.to_original(job.model_image, job.padding, job.original_size)
     full_cf = np.clip(io.to_original(counterfactual, job.padding, job.original_size), 0.0, 1.0)
-    full_signed = attribution.attribution_map(full_input, full_cf.mean(axis=-1), job.mask)
+    full_reference = None if reference is None else np.clip(
+        io.to_original(reference, job.padding, job.original_size), 0.0, 1.0)
+    full_base = full_input if full_reference is None else full_reference.mean(axis=-1)
+    full_signed = attribution.attribution_map(full_base, full_cf.mean(axis=-1), job.mask)
     heat, full_heat = attribution.heatmap(signed, scale), attribution.heatmap(full_signed, scale)
     files: dict[str, np.ndarray] = {
         "input.png": job.model_image,
@@ -186,8 +201,11 @@ def write_outputs(
         "fullsize/attribution.png": full_heat,
         "fullsize/overlay.png": attribution.overlay(full_input, full_signed, scale, heat=full_heat),
     }
-    if condition is not None:
-        files["condition.png"] = condition
+    if reference is not None:
+        files["reconstruction.png"] = reference
+        files["fullsize/reconstruction.png"] = full_reference
+    if generated.condition is not None:
+        files["condition.png"] = generated.condition
     spread: dict[str, np.ndarray] = {}
     if uncertainty is not None:
         full_spread = np.clip(io.to_original(uncertainty, job.padding, job.original_size), 0.0, None)
@@ -200,12 +218,15 @@ def write_outputs(
     tensors = {"attribution": signed, "attribution_fullsize": full_signed.astype(np.float32), **spread}
     if job.model_mask is not None:
         tensors["mask"] = job.model_mask.astype(np.uint8)
-    metadata = {"definition": "input - counterfactual (grayscale, [0,1])", "heatmap_scale": f"{scale:.6g}"}
+    minuend = "input" if reference is None else "unconditional reconstruction"
+    counterfactuals = "counterfactual" if uncertainty is None else f"mean of {job.samples} counterfactuals"
+    if reference is not None and uncertainty is not None:
+        minuend = f"mean of {job.samples} unconditional reconstructions"
+    metadata = {"definition": f"{minuend} - {counterfactuals} (grayscale, [0,1])", "heatmap_scale": f"{scale:.6g}"}
     if uncertainty is not None:
         metadata.update(
             samples=str(job.samples),
-            definition=f"input - mean of {job.samples} counterfactuals (grayscale, [0,1])",
-            uncertainty="per-pixel standard deviation (ddof 1) of the samples' grayscale counterfactuals",
+            uncertainty="per-pixel standard deviation (ddof 1) of the samples' grayscale maps",
         )
     io.atomic_write_bytes(folder / "attribution.safetensors", save_tensors(tensors, metadata=metadata))
     return [*files, "attribution.safetensors"]
@@ -309,8 +330,9 @@ def run(
     positive, negative = runtime.prompt_embeddings()
     recipe_dict = recipe.to_dict()
     header = run_header(recipe_dict, runtime)
-    if recipe.samples == 1:  # fingerprints of one-sample runs stay those of runs made before --samples existed
-        recipe_dict = {key: value for key, value in recipe_dict.items() if key != "samples"}
+    # Keys at their defaults leave the fingerprints of runs made before they existed unchanged.
+    recipe_dict = {key: value for key, value in recipe_dict.items()
+                   if (key, value) not in (("samples", 1), ("reference", "input"))}
     recipe_fingerprint = manifest.fingerprint(
         recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type, "prompt": runtime.prompt}
     )
@@ -373,21 +395,32 @@ def run(
         condition_tensor = None if conditions is None else (
             torch.from_numpy(conditions)[:, None].repeat_interleave(samples, 0).repeat(1, 3, 1, 1)
         )
-        generators = [torch.Generator("cpu").manual_seed(recipe.seed + k) for _ in pending for k in range(samples)]
+        def generators() -> list[torch.Generator]:
+            return [torch.Generator("cpu").manual_seed(recipe.seed + k) for _ in pending for k in range(samples)]
+
         counterfactuals = runtime.prior.generate(
-            images, positive, negative, generators, recipe.steps, recipe.guidance_scale, condition_tensor
-        )
-        counterfactuals = counterfactuals.permute(0, 2, 3, 1).numpy()
+            images, positive, negative, generators(), recipe.steps, recipe.guidance_scale, condition_tensor
+        ).permute(0, 2, 3, 1).numpy()
+        references = None
+        if recipe.reference == "reconstruction":
+            # The same prior from the same noise, unconditional and unguided: everything but the prompt's effect.
+            references = runtime.prior.generate(
+                images, negative, negative, generators(), recipe.steps, 1.0, condition_tensor
+            ).permute(0, 2, 3, 1).numpy()
         share = (time.perf_counter() - started) / len(pending)
         for index, job in enumerate(pending):
             job.seconds += share
             condition = None if conditions is None else conditions[index]
             if samples == 1:
-                writer.submit(job, counterfactuals[index], condition)
+                writer.submit(job, Generated(counterfactuals[index], condition,
+                                             reference=None if references is None else references[index]))
                 continue
             job.samples = samples
-            mean, spread = attribution.combine_samples(counterfactuals[index * samples:(index + 1) * samples])
-            writer.submit(job, mean, condition, spread)
+            own = slice(index * samples, (index + 1) * samples)
+            mean, reference, spread = attribution.combine_samples(
+                counterfactuals[own], None if references is None else references[own]
+            )
+            writer.submit(job, Generated(mean, condition, spread, reference))
         pending.clear()
         save_manifest()
 
@@ -468,30 +501,26 @@ class OutputWriter:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="dva-writer") if workers > 0 else None
         self.pending: deque[tuple[ImageJob, Future]] = deque()
 
-    def submit(
-        self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None, uncertainty: np.ndarray | None = None
-    ) -> None:
+    def submit(self, job: ImageJob, generated: Generated) -> None:
         if self.pool is None:
             done: Future = Future()
             try:
-                self._write(job, counterfactual, condition, uncertainty)
+                self._write(job, generated)
                 done.set_result(None)
             except Exception as error:  # surfaces through _finish_oldest like a background failure
                 done.set_exception(error)
             self.pending.append((job, done))
             self._finish_oldest()
             return
-        self.pending.append((job, self.pool.submit(self._write, job, counterfactual, condition, uncertainty)))
+        self.pending.append((job, self.pool.submit(self._write, job, generated)))
         while len(self.pending) > self.max_pending:
             self._finish_oldest()
 
-    def _write(
-        self, job: ImageJob, counterfactual: np.ndarray, condition: np.ndarray | None, uncertainty: np.ndarray | None = None
-    ) -> None:
+    def _write(self, job: ImageJob, generated: Generated) -> None:
         started = time.perf_counter()
         folder = self.out / job.key
         io.remove_stale_temporaries(folder)  # this image's folder is this process's alone while it writes
-        written = write_outputs(folder, job, counterfactual, condition, uncertainty)
+        written = write_outputs(folder, job, generated)
         job.seconds += time.perf_counter() - started
         record = {**job.summary(), "status": "done", "fingerprint": self.fingerprint, "files": written}
         manifest.write_record(folder, record)

@@ -27,7 +27,7 @@ from dva.core import io
 from dva.core.runtime import model_resolution
 from dva.core.errors import ConfigError
 from dva.finetune import checkpoints
-from dva.finetune.schedule import Phase, format_schedule, phase_at, total_steps
+from dva.finetune.schedule import MIX, Phase, format_schedule, phase_at, schedule_classes, total_steps
 from dva.finetune.validation import TrainingLog, Validator, validation_files
 
 LOG_FILE = "train_log.csv"
@@ -111,9 +111,14 @@ class TrainingData:
         return sample.path if hasattr(sample, "path") else sample
 
     def draw(self, label: str, count: int, rng: np.random.Generator) -> list[Any]:
-        """``count`` samples of ``label``, drawn with replacement from ``rng``."""
-        pool = self.by_class[label]
-        return [pool[i] for i in rng.integers(0, len(pool), size=count)]
+        """``count`` samples of ``label``, drawn with replacement from ``rng``; for a mixed label
+        (``A+B``) each sample's class is drawn uniformly first, so the batch is class-balanced on average."""
+        if MIX not in label:
+            pool = self.by_class[label]
+            return [pool[i] for i in rng.integers(0, len(pool), size=count)]
+        pools = [self.by_class[name] for name in Phase(label, 1).classes]
+        chosen = rng.integers(0, len(pools), size=count)
+        return [pools[c][int(rng.integers(0, len(pools[c])))] for c in chosen]
 
     def images(self, chosen: list[Any]) -> torch.Tensor:
         """The samples as a (B, 3, H, W) tensor in [-1, 1]."""
@@ -281,7 +286,7 @@ def train(
     out = Path(config.out)
     phases = config.schedule
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
-    check_dataset(dataset, classes=[phase.label for phase in phases])
+    check_dataset(dataset, classes=schedule_classes(phases))
     validation = validation_files(config)
     accelerator = make_accelerator(config)
     device = accelerator.device
@@ -317,7 +322,7 @@ def train(
 
     start = checkpoints.resume(accelerator, out / "checkpoints", config.resume)
     raw_encoder = accelerator.unwrap_model(encoder)
-    text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, [phase.label for phase in phases])
+    text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, schedule_classes(phases))
     log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
     validator = Validator(config, validation, resolution, scheduler_config, out, accelerator.is_main_process)
     train_loop(
@@ -383,7 +388,8 @@ def _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encod
     torch.manual_seed(seed)  # dropout inside the encoder draws from the global generators
     chosen = data.draw(phase.label, config.batch_size, rng)
     prompts = [
-        sample.prompt if config.use_sample_prompts and sample.prompt else config.prompt_for(phase.label)
+        sample.prompt if config.use_sample_prompts and sample.prompt
+        else config.prompt_for(getattr(sample, "label", phase.label))
         for sample in chosen
     ]
     prompts = ["" if rng.random() < config.prompt_dropout else prompt for prompt in prompts]
@@ -437,7 +443,7 @@ def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, o
             save_projection(encoder.projection, out / "projection")
     else:
         encoder.save_pretrained(out)
-    labels = list(dict.fromkeys(phase.label for phase in config.schedule))  # a class may come back in the schedule
+    labels = schedule_classes(config.schedule)
     healthy = config.prompt_for(config.healthy_class) if config.healthy_class in labels else None
     settings = asdict(config)
     settings["schedule"] = format_schedule(config.schedule)

@@ -39,7 +39,7 @@ from dva.finetune.dreambooth import (
     train_loop,
     weight_dtype_of,
 )
-from dva.finetune.schedule import format_schedule, total_steps
+from dva.finetune.schedule import format_schedule, schedule_classes, total_steps
 from dva.finetune.validation import TrainingLog, Validator, validation_files
 
 UNET_LORA = "unet_lora"
@@ -88,7 +88,7 @@ def train(
     out = Path(config.out)
     phases = config.schedule
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
-    check_dataset(dataset, classes=[phase.label for phase in phases])
+    check_dataset(dataset, classes=schedule_classes(phases))
     validation = validation_files(config)
     if is_lora_folder(Path(config.base_model).expanduser()):
         raise ConfigError(f"--model {config.base_model}: is itself a LoRA folder; pass its base model instead.")
@@ -143,7 +143,7 @@ def train(
 
     start = checkpoints.resume(accelerator, out / "checkpoints", config.resume)
     raw_encoder = accelerator.unwrap_model(encoder)
-    text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, [phase.label for phase in phases])
+    text_cache = prepare_caches(config, data, prior_data, vae, raw_encoder, device, schedule_classes(phases))
     log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
     validator = Validator(config, validation, resolution, scheduler_config, out, accelerator.is_main_process)
     train_loop(
@@ -188,7 +188,7 @@ def _save_adapters(config, unet, encoder, train_projection, dataset, source, out
         _save_state(encoder.model, out / TEXT_ENCODER_LORA, TEXT_TARGETS[encoder.family], config)
     if train_projection:
         save_projection(encoder.projection, out / "projection")
-    labels = [phase.label for phase in config.schedule]
+    labels = schedule_classes(config.schedule)
     healthy = config.prompt_for(config.healthy_class) if config.healthy_class in labels else None
     settings = asdict(config)
     settings["schedule"] = format_schedule(config.schedule)

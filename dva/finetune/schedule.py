@@ -1,4 +1,10 @@
-"""Multi-class training schedules: ``"Normal:1200,Lung Opacity:500"`` visits classes in order."""
+"""Multi-class training schedules: ``"Normal:1200,Lung Opacity:500"`` visits classes in order.
+
+A phase may also mix classes: ``"Normal+Lung Opacity+Cardiomegaly:1800"`` draws each sample's class
+uniformly from those named (class-balanced mixed batches). A conditional model learns what its prompts
+mean from mixed batches: within one batch only the text tells the classes apart, while in a one-class
+phase the model can lower its loss by drifting towards that class whatever the prompt says.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,17 @@ class Phase:
     label: str
     steps: int
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The classes this phase draws from: one, or several joined by ``+``."""
+        return tuple(part.strip() for part in self.label.split(MIX))
 
+    @property
+    def mixed(self) -> bool:
+        return len(self.classes) > 1
+
+
+MIX = "+"
 REPEAT = re.compile(r"\[([^\[\]]*)\]\s*\*\s*(\d+)")
 
 
@@ -34,7 +50,8 @@ def expand_repeats(text: str) -> str:
 
 
 def parse_schedule(text: str) -> list[Phase]:
-    """Parse ``CLASS:STEPS[,CLASS:STEPS...]``; class names may contain spaces, not commas or colons.
+    """Parse ``CLASS:STEPS[,CLASS:STEPS...]``; class names may contain spaces, not commas, colons or ``+``
+    (which mixes classes in one phase: ``Normal+COVID:400``).
 
     Classes may come back (``Normal:200,COVID:200,Normal:200``), and ``[...]*N`` repeats a group of phases,
     so a model can learn several classes in short alternating phases.
@@ -50,7 +67,11 @@ def parse_schedule(text: str) -> list[Phase]:
             raise ConfigError(f"--schedule {text!r}: '{steps}' is not a whole number of steps for class '{label.strip()}'.") from None
         if count < 1:
             raise ConfigError(f"--schedule {text!r}: class '{label.strip()}' needs at least 1 step.")
-        phases.append(Phase(label.strip(), count))
+        classes = [name.strip() for name in label.split(MIX)]
+        if not all(classes):
+            raise ConfigError(f"--schedule {text!r}: '{label.strip()}' has an empty class between '+' signs; "
+                              "mix classes as \"Normal+Lung Opacity:500\".")
+        phases.append(Phase(MIX.join(classes), count))
     return phases
 
 
@@ -61,6 +82,11 @@ def phase_at(phases: list[Phase], step: int) -> Phase:
             return phase
         step -= phase.steps
     raise IndexError("step beyond the schedule")
+
+
+def schedule_classes(phases: list[Phase]) -> list[str]:
+    """Every class the schedule trains on, in order of first appearance."""
+    return list(dict.fromkeys(name for phase in phases for name in phase.classes))
 
 
 def total_steps(phases: list[Phase]) -> int:

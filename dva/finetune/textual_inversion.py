@@ -142,6 +142,10 @@ def train(
         raise ConfigError("--use-8bit-adam: textual inversion trains a few embedding rows only; drop the flag.")
     out = Path(config.out)
     phases = config.schedule
+    mixed = next((phase.label for phase in phases if phase.mixed), None)
+    if mixed:
+        raise ConfigError(f"--schedule: textual inversion learns one token per class in its own phase; "
+                          f"split '{mixed}' into one phase per class.")
     labels = list(dict.fromkeys(phase.label for phase in phases))
     placeholders = {label: placeholder_for(config, label) for label in labels}
     prompts = {label: class_prompt(config, label, placeholders[label]) for label in labels}
