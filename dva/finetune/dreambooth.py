@@ -50,6 +50,7 @@ class FinetuneConfig:
     use_sample_prompts: bool = False
     healthy_class: str = "Normal"
     prompt_dropout: float = 0.0
+    lesion_weight: float = 0.0  # the loss inside ground-truth lesion masks counts 1 + lesion_weight times
     train_text_encoder: bool = True
     prior_weight: float = 1.0
     class_prompt: str = "chest x ray"
@@ -150,6 +151,19 @@ class TrainingData:
         mean, std = mean.to(keep), std.to(keep)
         self.latents = {path: (mean[index], std[index]) for index, path in enumerate(paths)}
 
+    def lesion_fractions(self, chosen: list[Any], size: tuple[int, int]) -> torch.Tensor:
+        """``(B, 1, h, w)``: the share of each latent pixel that the sample's lesion mask covers (zeros for a
+        sample without one), padded and resized as its image is."""
+        return torch.stack([self._lesion(getattr(sample, "lesion", None), size) for sample in chosen])
+
+    @lru_cache(maxsize=4096)  # noqa: B019 (one TrainingData per run; the cache lives as long as it)
+    def _lesion(self, path: Path | None, size: tuple[int, int]) -> torch.Tensor:
+        if path is None:
+            return torch.zeros(1, *size)
+        pixels, _ = io.to_model_input(io.read_scan(path).pixels, self.resolution)
+        inside = torch.from_numpy((pixels > 0.5).astype(np.float32))[None, None]
+        return F.interpolate(inside, size=size, mode="area")[0]
+
     def posterior(self, chosen: list[Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Cached (mean, std) of the samples, stacked, on ``device``."""
         assert self.latents is not None
@@ -171,6 +185,13 @@ class TextCache:
                 states = self.encoder(missing, device)
             self.states.update({prompt: state[None] for prompt, state in zip(missing, states.detach())})
         return torch.cat([self.states[prompt] for prompt in prompts])
+
+
+def check_lesion_masks(config: FinetuneConfig, dataset: Any, labels: list[str]) -> None:
+    """``--lesion-weight`` needs lesion masks in the classes it trains on; refuse before any model loads."""
+    if config.lesion_weight > 0 and not any(sample.lesion for sample in dataset.samples if sample.label in labels):
+        raise ConfigError(f"--lesion-weight {config.lesion_weight:g}: the dataset has no lesion masks in the scheduled "
+                          "classes; add <Class>/lesions/ masks (or a lesion column), or drop the option.")
 
 
 def prepare_caches(config: FinetuneConfig, data: TrainingData, prior_data: TrainingData | None, vae: Any,
@@ -287,6 +308,7 @@ def train(
     phases = config.schedule
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
     check_dataset(dataset, classes=schedule_classes(phases))
+    check_lesion_masks(config, dataset, schedule_classes(phases))
     validation = validation_files(config)
     accelerator = make_accelerator(config)
     device = accelerator.device
@@ -421,11 +443,28 @@ def _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encod
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
+    weights = None
+    if config.lesion_weight > 0:
+        weights = 1 + config.lesion_weight * data.lesion_fractions(chosen, tuple(latents.shape[-2:])).to(device)
     if prior_data is None:
-        return F.mse_loss(prediction.float(), target.float())
+        return _weighted_mse(prediction.float(), target.float(), weights)
     instance_prediction, class_prediction = prediction.float().chunk(2)
     instance_target, class_target = target.float().chunk(2)
-    return F.mse_loss(instance_prediction, instance_target) + config.prior_weight * F.mse_loss(class_prediction, class_target)
+    return (_weighted_mse(instance_prediction, instance_target, weights)
+            + config.prior_weight * F.mse_loss(class_prediction, class_target))
+
+
+def _weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """MSE with per-pixel ``weights`` ``(B, 1, h, w)``, normalised by their mean so the loss keeps its scale.
+
+    Lesion weighting (as sd-scripts' masked loss, but keeping the rest of the image): a lesion covers a few
+    percent of the pixels, so the unweighted loss gains almost nothing from learning what a prompt says about
+    it; weighting its pixels makes the prompt's information about the lesion worth learning.
+    """
+    if weights is None:
+        return F.mse_loss(prediction, target)
+    weights = weights.expand_as(prediction)
+    return (weights * (prediction - target) ** 2).mean() / weights.mean()
 
 
 def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, out: Path, processes: int) -> None:

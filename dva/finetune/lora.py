@@ -30,6 +30,7 @@ from dva.finetune.dreambooth import (
     FinetuneConfig,
     TrainingData,
     _load_parts,
+    check_lesion_masks,
     _seed,
     generate_class_images,
     make_accelerator,
@@ -89,6 +90,7 @@ def train(
     phases = config.schedule
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
     check_dataset(dataset, classes=schedule_classes(phases))
+    check_lesion_masks(config, dataset, schedule_classes(phases))
     validation = validation_files(config)
     if is_lora_folder(Path(config.base_model).expanduser()):
         raise ConfigError(f"--model {config.base_model}: is itself a LoRA folder; pass its base model instead.")

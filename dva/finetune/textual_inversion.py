@@ -36,6 +36,7 @@ from dva.finetune.dreambooth import (
     FinetuneConfig,
     TrainingData,
     _load_parts,
+    check_lesion_masks,
     _loss,
     _save_model,
     make_accelerator,
@@ -151,6 +152,7 @@ def train(
     prompts = {label: class_prompt(config, label, placeholders[label]) for label in labels}
     dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
     check_dataset(dataset, classes=labels)
+    check_lesion_masks(config, dataset, labels)
     validation = validation_files(config)
     accelerator = make_accelerator(config)
     device = accelerator.device
