@@ -61,6 +61,8 @@ def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--sample-prompts/--no-sample-prompts", default=False, help="Use per-image prompts of the dataset (phantoms).")
 @click.option("--healthy-class", default="Normal", show_default=True, help="Class whose prompt `dva run` uses by default.")
 @click.option("--prompt-dropout", type=float, default=0.0, show_default=True, help="Chance of an empty prompt (keeps guidance meaningful).")
+@click.option("--snr-gamma", type=float, default=0.0, show_default=True,
+              help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is usual, 0 turns it off).")
 @click.option("--lesion-weight", type=float, default=0.0, show_default=True,
               help="Extra loss weight inside the dataset's lesion masks: a lesion pixel counts 1 + W times.")
 @click.option("--train-text-encoder/--freeze-text-encoder", default=True, show_default=True)

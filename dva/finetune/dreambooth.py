@@ -51,6 +51,7 @@ class FinetuneConfig:
     healthy_class: str = "Normal"
     prompt_dropout: float = 0.0
     lesion_weight: float = 0.0  # the loss inside ground-truth lesion masks counts 1 + lesion_weight times
+    snr_gamma: float = 0.0  # min-SNR-gamma loss weighting (0: off; 5 is the paper's and diffusers' choice)
     train_text_encoder: bool = True
     prior_weight: float = 1.0
     class_prompt: str = "chest x ray"
@@ -446,25 +447,44 @@ def _loss(config, step, micro, accelerator, phase, data, prior_data, unet, encod
     weights = None
     if config.lesion_weight > 0:
         weights = 1 + config.lesion_weight * data.lesion_fractions(chosen, tuple(latents.shape[-2:])).to(device)
+    batch = len(chosen)
+    step_weights = min_snr_weights(noise_scheduler, timesteps[:batch], config.snr_gamma) if config.snr_gamma else None
+    prediction, target = prediction.float(), target.float()
+    instance = _weighted_mse(prediction[:batch], target[:batch], weights, step_weights)
     if prior_data is None:
-        return _weighted_mse(prediction.float(), target.float(), weights)
-    instance_prediction, class_prediction = prediction.float().chunk(2)
-    instance_target, class_target = target.float().chunk(2)
-    return (_weighted_mse(instance_prediction, instance_target, weights)
-            + config.prior_weight * F.mse_loss(class_prediction, class_target))
+        return instance
+    return instance + config.prior_weight * F.mse_loss(prediction[batch:], target[batch:])
 
 
-def _weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """MSE with per-pixel ``weights`` ``(B, 1, h, w)``, normalised by their mean so the loss keeps its scale.
+def min_snr_weights(noise_scheduler: Any, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights per sample (Hang et al. 2023), as diffusers' training examples compute them:
+    ``min(SNR, gamma) / SNR`` for epsilon prediction, ``/ (SNR + 1)`` for v-prediction. Low-noise steps, which
+    the plain loss favours, count less; the steps where the image is mostly noise, and the prompt is what tells
+    the model what to draw, keep their weight."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if noise_scheduler.config.prediction_type == "v_prediction" else clipped / snr
+
+
+def _weighted_mse(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
+                  step_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE with per-pixel ``weights`` ``(B, 1, h, w)``, normalised by their mean so the loss keeps its scale,
+    and per-sample ``step_weights`` ``(B,)`` (min-SNR).
 
     Lesion weighting (as sd-scripts' masked loss, but keeping the rest of the image): a lesion covers a few
     percent of the pixels, so the unweighted loss gains almost nothing from learning what a prompt says about
     it; weighting its pixels makes the prompt's information about the lesion worth learning.
     """
-    if weights is None:
+    if weights is None and step_weights is None:
         return F.mse_loss(prediction, target)
-    weights = weights.expand_as(prediction)
-    return (weights * (prediction - target) ** 2).mean() / weights.mean()
+    errors = (prediction - target) ** 2
+    if weights is not None:
+        weights = weights.expand_as(prediction)
+        errors = weights * errors / weights.mean()
+    per_sample = errors.mean(dim=tuple(range(1, errors.ndim)))
+    return (per_sample * step_weights).mean() if step_weights is not None else per_sample.mean()
 
 
 def _save_model(config, unet, vae, scheduler_config, encoder, dataset, source, out: Path, processes: int) -> None:

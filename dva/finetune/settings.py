@@ -20,6 +20,7 @@ FINETUNE_OPTIONS: dict[str, Option] = {
     "use_sample_prompts": Option(bool, False),
     "healthy_class": Option(str, "Normal"),
     "prompt_dropout": Option(float, 0.0, minimum=0.0, maximum=0.99),
+    "snr_gamma": Option(float, 0.0, "min-SNR-gamma loss weighting (0: off; 5 is usual)", minimum=0.0, maximum=1000.0),
     "lesion_weight": Option(float, 0.0, "extra loss weight inside ground-truth lesion masks", minimum=0.0, maximum=1000.0),
     "train_text_encoder": Option(bool, True),
     "prior_weight": Option(float, 1.0, minimum=0.0, maximum=100.0),

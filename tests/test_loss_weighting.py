@@ -1,4 +1,5 @@
-"""``--lesion-weight W``: the denoising loss inside ground-truth lesion masks counts 1 + W times."""
+"""Loss weighting in fine-tuning: ``--lesion-weight W`` (the loss inside ground-truth lesion masks counts
+1 + W times) and ``--snr-gamma`` (min-SNR-gamma weighting of the timesteps)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from PIL import Image
 
 from dva.core.errors import ConfigError
 from dva.datasets import Sample
-from dva.finetune.dreambooth import TrainingData, _weighted_mse, train
+from dva.finetune.dreambooth import TrainingData, _weighted_mse, min_snr_weights, train
 from tests.test_finetune import config, log_rows
 
 
@@ -76,3 +77,26 @@ def test_the_command_line_and_registry_accept_it():
     assert check_finetune_table({"lesion_weight": 30}, "[entries.x.finetune]") == {"lesion_weight": 30.0}
     with pytest.raises(ConfigError):
         check_finetune_table({"lesion_weight": -1}, "[entries.x.finetune]")
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_min_snr_weights_are_those_of_the_paper(prediction_type):
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type)
+    timesteps = torch.tensor([0, 50, 300, 999])
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    expected = torch.minimum(snr, torch.tensor(5.0)) / (snr if prediction_type == "epsilon" else snr + 1)
+    torch.testing.assert_close(min_snr_weights(scheduler, timesteps, 5.0), expected)
+    if prediction_type == "epsilon":
+        weights = min_snr_weights(scheduler, timesteps, 5.0)
+        assert weights[0] < 0.01 and float(weights[-1]) == pytest.approx(1.0), "low noise counts less, high noise fully"
+
+
+def test_step_weights_scale_each_samples_loss():
+    prediction, target = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    per_sample = ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+    steps = torch.tensor([0.5, 1.0, 2.0])
+    torch.testing.assert_close(_weighted_mse(prediction, target, None, steps), (per_sample * steps).mean())
