@@ -97,3 +97,20 @@ def test_the_default_reference_keeps_old_runs_resumable(catalogue, tiny_sd, imag
 def test_an_unknown_reference_is_refused_in_one_sentence(catalogue):
     with pytest.raises(ConfigError, match="must be one of: input, reconstruction"):
         resolve(load_entries(), load_catalogue(entry_points=False), "default", {"reference": "mean"})
+
+
+def test_ddim_inversion_inverts_each_batch_once_for_both_outputs(catalogue, tiny_sd, images, tmp_path, monkeypatch):
+    """The reconstruction denoises the inputs just inverted: the inversion is reused, not run again."""
+    from dva.components.ddim_inversion import DDIMInversionPrior
+
+    calls = []
+    original = DDIMInversionPrior.invert
+
+    def counted(self, latents, embeds, steps):
+        calls.append(len(latents))
+        return original(self, latents, embeds, steps)
+
+    monkeypatch.setattr(DDIMInversionPrior, "invert", counted)
+    result = dva_run(catalogue, images, tmp_path / "out", model=str(tiny_sd), prior="ddim-inversion",
+                     reference="reconstruction", batch_size=2)
+    assert result.exit_code == 0 and calls == [2, 1]

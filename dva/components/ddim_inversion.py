@@ -39,6 +39,9 @@ class DDIMInversionPrior:
         self.parts: ModelParts | None = None
         self.scheduler: Any = None
         self.inverse_scheduler: Any = None
+        # The last inversion, reused when the same inputs come back (--reference reconstruction asks for a
+        # second, unconditional denoising of the very inputs just inverted): (inputs, embedding, steps, start).
+        self._last: tuple[torch.Tensor, torch.Tensor, int, torch.Tensor] | None = None
 
     def load(self, parts: ModelParts) -> None:
         """DDIM and its inverse built from the model's scheduler config (whatever ``--scheduler`` says:
@@ -132,5 +135,15 @@ class DDIMInversionPrior:
     ) -> torch.Tensor:
         """Counterfactuals ``(B, 3, H, W)`` in [0, 1]; ``generators`` are unused (nothing is drawn)."""
         inversion_embeds = negative_embeds if self.inversion == "unconditional" else prompt_embeds
+        return self.decode(self.denoise(self.start(images, inversion_embeds, steps), prompt_embeds, negative_embeds,
+                                        steps, guidance_scale))
+
+    def start(self, images: torch.Tensor, inversion_embeds: torch.Tensor, steps: int) -> torch.Tensor:
+        """The inverted latents of ``images``; the previous call's when it inverted the same inputs the same way."""
+        last = self._last
+        if (last is not None and last[2] == steps and last[0].shape == images.shape and torch.equal(last[0], images)
+                and last[1].shape == inversion_embeds.shape and torch.equal(last[1], inversion_embeds)):
+            return last[3]
         start = self.invert(self.encode(images), inversion_embeds, steps)
-        return self.decode(self.denoise(start, prompt_embeds, negative_embeds, steps, guidance_scale))
+        self._last = (images.clone(), inversion_embeds.clone(), steps, start)
+        return start

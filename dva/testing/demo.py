@@ -2,7 +2,8 @@
 
 The bundled model (``dva/models/tiny-phantom``, made by ``make tiny-model``) is a 64 px latent diffusion
 model trained by ``dva finetune`` on synthetic phantoms only, with the MiniLM BERT as its encoder. The demo
-runs ``dva run`` without ``--model`` (so the bundled model) on phantoms of a seed it never saw, then
+runs ``dva run --entry tiny-phantom`` (the bundled model with its best measured settings: DDIM inversion, maps
+against the unconditional reconstruction) on phantoms of a seed it never saw, then
 measures each Lung Opacity map against the phantom's ground-truth lesion mask. It says loudly that the
 model knows only synthetic chests.
 """
@@ -19,7 +20,7 @@ from rich.console import Console
 
 BANNER = (
     "[bold yellow]This demo runs dva's bundled TINY model[/], trained by `dva finetune` on SYNTHETIC phantom chest "
-    "X-rays only (64 px, `make tiny-model`): it shows every step working (SDEdit healthy counterfactuals, "
+    "X-rays only (64 px, `make tiny-model`): it shows every step working (healthy counterfactuals, "
     "attribution maps, lung masks, report) and can be scored against the phantoms' known lesions, but it knows "
     "nothing of real radiographs. For real scans: dva run --entry thesis --model <Stable Diffusion folder> "
     "--encoder-path <RadBERT folder> SCANS (docs/models.md)."
@@ -62,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     from dva.cli import main as dva
 
     try:
-        dva(["run", "--mask", str(samples / "masks"), "--out", args.out, str(samples / "images")])
+        dva(["run", "--entry", "tiny-phantom", "--mask", str(samples / "masks"), "--out", args.out,
+             str(samples / "images")])
     except SystemExit as exit:
         if exit.code:
             raise
