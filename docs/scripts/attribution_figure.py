@@ -1,7 +1,7 @@
 """docs/images/tiny-model-maps.png: the bundled tiny model on bundled phantoms it never saw.
 
 One row per phantom: the input with its true lesion outlined, the healthy counterfactual, the attribution
-map (inferno heatmap) and the map over the input, from `dva run` with no --model (the bundled model).
+map (inferno heatmap) and the map over the input, from `dva run --entry tiny-phantom` (the bundled model).
 Run: .venv/bin/python docs/scripts/attribution_figure.py
 """
 import subprocess
@@ -35,7 +35,8 @@ def outlined(image: np.ndarray, lesion_path: Path) -> np.ndarray:
 def main() -> None:
     names = sorted(p.stem for p in (SAMPLES / "images").glob("*.png"))
     with tempfile.TemporaryDirectory() as out:
-        subprocess.run([sys.executable, "-m", "dva", "run", str(SAMPLES / "images"), "--mask", str(SAMPLES / "masks"),
+        subprocess.run([sys.executable, "-m", "dva", "run", "--entry", "tiny-phantom", str(SAMPLES / "images"),
+                        "--mask", str(SAMPLES / "masks"),
                         "--out", out], check=True)
         rows = []
         for name in names:
