@@ -27,7 +27,7 @@ from dva.core import io
 from dva.core.runtime import model_resolution
 from dva.core.errors import ConfigError
 from dva.finetune import checkpoints
-from dva.finetune.schedule import MIX, Phase, format_schedule, phase_at, schedule_classes, total_steps
+from dva.finetune.schedule import MIX, Phase, format_schedule, label_classes, phase_at, schedule_classes, total_steps
 from dva.finetune.validation import TrainingLog, Validator, validation_files
 
 LOG_FILE = "train_log.csv"
@@ -118,7 +118,7 @@ class TrainingData:
         if MIX not in label:
             pool = self.by_class[label]
             return [pool[i] for i in rng.integers(0, len(pool), size=count)]
-        pools = [self.by_class[name] for name in Phase(label, 1).classes]
+        pools = [self.by_class[name] for name in label_classes(label)]
         chosen = rng.integers(0, len(pools), size=count)
         return [pools[c][int(rng.integers(0, len(pools[c])))] for c in chosen]
 

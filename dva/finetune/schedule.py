@@ -24,7 +24,7 @@ class Phase:
     @property
     def classes(self) -> tuple[str, ...]:
         """The classes this phase draws from: one, or several joined by ``+``."""
-        return tuple(part.strip() for part in self.label.split(MIX))
+        return label_classes(self.label)
 
     @property
     def mixed(self) -> bool:
@@ -82,6 +82,11 @@ def phase_at(phases: list[Phase], step: int) -> Phase:
             return phase
         step -= phase.steps
     raise IndexError("step beyond the schedule")
+
+
+def label_classes(label: str) -> tuple[str, ...]:
+    """The classes a phase label names: ``"Normal+COVID"`` -> ``("Normal", "COVID")``."""
+    return tuple(part.strip() for part in label.split(MIX))
 
 
 def schedule_classes(phases: list[Phase]) -> list[str]:
