@@ -21,7 +21,7 @@ DEFAULT_MEANING = {
     "encoder": "(the model's own)",
     "scheduler": "(the model's own)",
     "prompt": "(the model's healthy prompt, else the modality's)",
-    "model": "(none: pass --model)",
+    "model": "(none: dva's bundled tiny model, or --model)",
 }
 
 
