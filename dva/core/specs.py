@@ -10,6 +10,7 @@ weights from a config, for tests and benchmarks).
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -35,6 +36,9 @@ class Option:
             raise ConfigError(
                 f"{where} must be of type {self.type.__name__}, not {type(value).__name__} ({value!r})."
             )
+        # NaN passes every range check (comparisons with it are false), so it is refused before them.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where} is {value}, but must be a finite number.")
         if self.minimum is not None and value < self.minimum or self.maximum is not None and value > self.maximum:
             raise ConfigError(f"{where} is {value}, but must be between {self.minimum} and {self.maximum}.")
         if self.choices is not None and value not in self.choices:
