@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dva.core.model_folder import inspect_model
-from dva.core.registry import Recipe
+from dva.core.registry import Recipe, load_entries, resolve
 from dva.core.runtime import load_encoder
 from dva.finetune.dreambooth import train
 from dva.finetune.schedule import parse_schedule
@@ -66,3 +66,22 @@ def test_a_trained_encoder_is_saved_whole(catalogue, dataset, tmp_path):
     out = train(config, catalogue)
     assert (out / "text_encoder" / "config.json").is_file()
     assert "encoder_source" not in json.loads((out / "dva.json").read_text())
+
+
+def test_naming_another_encoder_never_keeps_the_first_encoders_weights(catalogue, tmp_path):
+    """An encoder's path (and tokenizer length) belongs to that encoder; a prior's strength carries over, its other
+    options (the ControlNet's weights, thresholds) do not."""
+    registry = tmp_path / "registry.toml"
+    registry.write_text(
+        '[entries.mine]\nencoder = { name = "radbert", path = "/models/RadBERT", max_length = 128 }\n'
+        'prior = { name = "controlnet-canny", strength = 0.7, controlnet = "/models/cn", low_threshold = 50 }\n')
+    entries = load_entries([registry])
+    switched = resolve(entries, catalogue, "mine", {"encoder": "biobert", "prior": "sdedit"})
+    assert switched.encoder_options == {"path": None, "max_length": 77}
+    assert switched.prior_options == {"strength": 0.7}
+    kept = resolve(entries, catalogue, "mine", {"encoder": "radbert"})
+    assert kept.encoder_options == {"path": "/models/RadBERT", "max_length": 128}
+    given = resolve(entries, catalogue, "mine", {"encoder": "biobert", "encoder_path": "/models/BioBERT"})
+    assert given.encoder_options["path"] == "/models/BioBERT"
+    options = resolve(entries, catalogue, "mine", {"encoder": "biobert", "encoder_options": {"max_length": 64}})
+    assert options.encoder_options == {"path": None, "max_length": 64}

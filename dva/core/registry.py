@@ -28,6 +28,7 @@ PLAIN_KEYS: dict[str, Option] = {
     "description": Option(str, ""),
     "extends": Option(str, None),
     "model": Option(str, None, "diffusers Stable Diffusion folder, hub id, or dva model folder"),
+    "revision": Option(str, None, "the hub revision (branch, tag or commit) of a hub model; default: main"),
     "steps": Option(int, 50, "scheduler steps (img2img runs int(steps * strength) of them)", 1, 1000),
     "guidance_scale": Option(float, 7.5, "classifier-free guidance scale (1 or less: none)", 0.0, 100.0),
     "prompt": Option(str, None, "text the counterfactual is steered to (default: the model's healthy prompt, else the modality's)"),
@@ -46,6 +47,10 @@ PLAIN_KEYS: dict[str, Option] = {
 }
 
 DEFAULT_COMPONENTS = {"encoder": None, "prior": "sdedit", "scheduler": None, "modality": "chest-xray"}
+# Options that stay when a flag switches the component to another one that has them too. A prior's
+# strength is the noise level of the comparison, not the prior's own; an encoder's path, a ControlNet's
+# weights or a tokenizer length belong to their component and never carry over.
+CARRIED_OPTIONS: dict[str, tuple[str, ...]] = {"prior": ("strength",)}
 
 
 @dataclass
@@ -55,6 +60,7 @@ class Recipe:
     entry: str | None = None
     description: str = ""
     model: str | None = None
+    revision: str | None = None
     modality: str = "chest-xray"
     modality_options: dict[str, Any] = field(default_factory=dict)
     encoder: str | None = None
@@ -171,12 +177,14 @@ def resolve(
     """Merge an entry (and its ancestors) with CLI overrides, check every value, fill defaults.
 
     ``overrides`` uses recipe keys plus ``strength`` (a prior option), ``encoder_path`` (an encoder
-    option), ``prior_options`` and ``modality_options`` (dicts); ``override_where`` maps keys to flag
-    names for messages.
+    option), ``encoder_options``, ``prior_options`` and ``modality_options`` (dicts); ``override_where``
+    maps keys to flag names for messages. A component switched by an override keeps only the entry's
+    :data:`CARRIED_OPTIONS` that the new component also has.
     """
     merged: dict[str, Any] = {}
     where_of: dict[str, str] = {}
     component_options: dict[str, dict[str, Any]] = {kind: {} for kind in COMPONENT_KEYS}
+    carried: dict[str, set[str]] = {kind: set() for kind in COMPONENT_KEYS}
     if entry is not None:
         for item in _chain(entries, entry):
             for key, value in item.values.items():
@@ -206,18 +214,27 @@ def resolve(
         where = override_where.get(key, f"--{key.replace('_', '-')}")
         if key == "strength":
             component_options["prior"]["strength"] = value
+            carried["prior"].discard("strength")
             where_of["prior.strength"] = where
         elif key == "encoder_path":
             component_options["encoder"]["path"] = value
+            carried["encoder"].discard("path")
             where_of["encoder.path"] = where
+        elif key == "encoder_options":
+            component_options["encoder"].update(value)
+            carried["encoder"].difference_update(value)
+            where_of.update({f"encoder.{option}": f"--encoder-option {option}" for option in value})
         elif key == "prior_options":
             component_options["prior"].update(value)
+            carried["prior"].difference_update(value)
         elif key == "modality_options":
             component_options["modality"].update(value)
             where_of.update({f"modality.{option}": f"--modality-option {option}" for option in value})
         elif key in COMPONENT_KEYS:
             if merged.get(key) != value:
-                component_options[key] = {k: v for k, v in component_options[key].items() if k in ("strength", "path")}
+                keep = CARRIED_OPTIONS.get(key, ())
+                component_options[key] = {k: v for k, v in component_options[key].items() if k in keep}
+                carried[key] = set(component_options[key])
             merged[key] = value
             where_of[key] = where
         else:
@@ -235,6 +252,7 @@ def resolve(
                 spec = catalogue.get(kind, name)
             except ConfigError as error:
                 raise ConfigError(f"{where}: {error}") from error
+            options = {k: v for k, v in options.items() if k in spec.options or k not in carried[kind]}
             option_where = {k.split(".", 1)[1]: w for k, w in where_of.items() if k.startswith(kind + ".")}
             options = spec.check_options(options, where, option_where)
         setattr(recipe, kind, name)
