@@ -154,3 +154,22 @@ def fid_weights(tmp_path_factory) -> Path:
 
     os.environ["TORCH_HOME"] = str(tmp_path_factory.mktemp("torch-home"))
     return inception_weights()
+
+
+TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+@pytest.fixture
+def fake_plugin(dva_install_plugin):
+    """The test plugin dva-fake-plugin 1.2.3 (fake-bert, fake-sdedit, fake-lms, fake-ct and the fake-hello
+    command), installed for this test only: never in the venv, so users' ``dva plugins`` never lists it."""
+    dva_install_plugin(TEST_PLUGINS / "dva-fake-plugin")
+    import dva_fake_plugin
+
+    return dva_fake_plugin
+
+
+@pytest.fixture
+def broken_plugin(dva_install_plugin) -> str:
+    """The test plugin dva-broken-plugin (its import fails), installed for this test only; its distribution name."""
+    return dva_install_plugin(TEST_PLUGINS / "dva-broken-plugin")

@@ -135,10 +135,8 @@ def test_the_metric_check_catches_a_constant_a_wrong_or_an_undeclared_score(spec
 # -- plugins and the pytest fixture -----------------------------------------------------------------
 
 
-def test_the_plugin_check_accepts_the_installed_fake_plugin_and_refuses_a_bad_name():
-    import dva_fake_plugin
-
-    found = conformance.check_plugin(dva_fake_plugin)
+def test_the_plugin_check_accepts_the_fake_plugin_and_refuses_a_bad_name(fake_plugin):
+    found = conformance.check_plugin(fake_plugin)
     assert set(found) == {"encoder", "prior", "scheduler", "modality"}
     shouty = types.ModuleType("shouty")
     shouty.register_encoders = hookimpl(lambda register: register(EncoderSpec(name="My_BERT", implementation="json:dumps")))

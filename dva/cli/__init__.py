@@ -47,12 +47,24 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+_PLUGIN_COMMANDS: set[str] = set()
+
+
 def _add_plugin_commands() -> None:
+    """Put the current catalogue's plugin commands on ``cli``, replacing those of an earlier catalogue.
+
+    The plugins' ``register_commands`` hooks already ran when the catalogue loaded (a failing one
+    marks its plugin broken there); a plugin command never replaces a built-in one.
+    """
     from dva.core.plugins import get_catalogue
 
-    catalogue = get_catalogue()
-    if catalogue.manager is not None:
-        catalogue.manager.hook.register_commands(cli=cli)
+    for name in _PLUGIN_COMMANDS:
+        cli.commands.pop(name, None)
+    _PLUGIN_COMMANDS.clear()
+    for name, added in get_catalogue().commands.items():
+        if name not in SUBCOMMANDS:
+            cli.add_command(added.command, name)
+            _PLUGIN_COMMANDS.add(name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,9 @@
 """The plugin manager: built-in plugins first, then the ``dva`` entry points, each in its own try.
 
-A plugin that fails to import (or whose hooks raise) is recorded with its distribution, version
-and error, shown by ``dva plugins``, and never stops the rest from loading unless ``strict``.
+A plugin that fails to import (or whose hooks raise, or that calls ``sys.exit``) is recorded with its
+distribution, version and error, shown by ``dva plugins``, and never stops the rest from loading
+unless ``strict``. Its ``register_commands`` hook runs here too, on a collecting group, so a plugin
+whose commands fail is left out whole like any other broken plugin, and ``dva --help`` still works.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
 import pluggy
 
 from dva.core import hookspecs
@@ -66,13 +69,22 @@ class Registered:
     plugin: PluginInfo
 
 
+@dataclass(frozen=True)
+class PluginCommand:
+    """A click command a plugin added through ``register_commands``, with the plugin that added it."""
+
+    command: click.Command
+    plugin: PluginInfo
+
+
 @dataclass
 class Catalogue:
-    """Every registered component by kind, plus the plugins that failed."""
+    """Every registered component by kind, the plugins' commands by name, and the plugins that failed."""
 
     components: dict[str, dict[str, Registered]] = field(default_factory=lambda: {k: {} for k in SPEC_KINDS})
     broken: list[BrokenPlugin] = field(default_factory=list)
     manager: pluggy.PluginManager | None = None
+    commands: dict[str, PluginCommand] = field(default_factory=dict)
 
     def get(self, kind: str, name: str) -> Any:
         """The spec of ``kind`` called ``name``, or a ConfigError with a did-you-mean."""
@@ -96,6 +108,19 @@ def _new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager("dva")
     manager.add_hookspecs(hookspecs)
     return manager
+
+
+def _commands_of(manager: pluggy.PluginManager, plugin: Any) -> dict[str, click.Command]:
+    """The commands ``plugin``'s ``register_commands`` adds, collected on a group of their own.
+
+    The hook runs while the catalogue loads rather than on dva's own group, so that a hook that
+    raises only marks its plugin broken, and a command name two plugins add is caught as a clash.
+    """
+    group = click.Group(name="dva")
+    for implementation in manager.hook.register_commands.get_hookimpls():
+        if implementation.plugin is plugin:
+            implementation.function(**{name: group for name in implementation.argnames})
+    return dict(group.commands)
 
 
 def _collect(manager: pluggy.PluginManager, plugin: Any, info: PluginInfo, catalogue: Catalogue) -> None:
@@ -124,8 +149,25 @@ def _collect(manager: pluggy.PluginManager, plugin: Any, info: PluginInfo, catal
                 f"({other.name}) and {info.distribution} ({info.name}); uninstall one of them."
             )
         seen[key] = info
+    commands = _commands_of(manager, plugin)
+    for name in commands:
+        if name in catalogue.commands:
+            other = catalogue.commands[name].plugin
+            raise PluginError(
+                f"command '{name}' is added by both {other.distribution} ({other.name}) and "
+                f"{info.distribution} ({info.name}); uninstall one of them."
+            )
     for item in found:
         catalogue.components[item.spec.kind][item.spec.name] = item
+    for name, command in commands.items():
+        catalogue.commands[name] = PluginCommand(command, info)
+
+
+def _describe(error: BaseException) -> str:
+    """The error as ``dva plugins`` shows it; a ``sys.exit`` is named as such, since its own text is just a code."""
+    if isinstance(error, SystemExit):
+        return f"SystemExit: the plugin called sys.exit({error.code!r}) while loading"
+    return f"{type(error).__name__}: {error}"
 
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
@@ -158,6 +200,7 @@ def load_catalogue(strict: bool = False, entry_points: bool = True, extra: Itera
         name = getattr(plugin, "__name__", type(plugin).__name__)
         sources.append((PluginInfo(name, "(in-process)", ""), plugin))
     for info, source in sources:
+        plugin: Any = None
         try:
             if isinstance(source, str):
                 plugin = importlib.import_module(source)
@@ -168,10 +211,12 @@ def load_catalogue(strict: bool = False, entry_points: bool = True, extra: Itera
             manager.register(plugin, name=info.name)
             manager.check_pending()  # a misspelled hook name marks this plugin broken
             _collect(manager, plugin, info, catalogue)
-        except Exception as error:  # a broken plugin must never take the others down
-            if manager.get_plugin(info.name) is not None:
+        # A broken plugin must never take the others down: SystemExit (a BaseException) included.
+        # KeyboardInterrupt is the user's and goes through.
+        except (Exception, SystemExit) as error:
+            if plugin is not None and manager.get_plugin(info.name) is plugin:
                 manager.unregister(name=info.name)
-            broken = BrokenPlugin(info, f"{type(error).__name__}: {error}")
+            broken = BrokenPlugin(info, _describe(error))
             if strict:
                 raise PluginError(f"Plugin {info.name} ({info.distribution} {info.version}) is broken: {broken.error}") from error
             catalogue.broken.append(broken)

@@ -1,7 +1,8 @@
 """dva-mri, specified: a brain MRI modality and dataset layout added to dva by installing a package.
 
 Synthetic NIfTI volumes are made in each test; models are dva's tiny random ones (no network).
-The fixtures ``dva_plugins`` and ``dva_tiny_sd`` come with dva (``dva.testing.pytest_plugin``).
+The fixtures ``dva_plugins``, ``dva_install_plugin`` and ``dva_tiny_sd`` come with dva
+(``dva.testing.pytest_plugin``); ``dva_mri`` (conftest.py) is this package, installed for the test.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import dva_mri
 from dva.core.errors import ConfigError, InputError
 from dva.testing.conformance import check_dataset_layout, check_light_import, check_modality, check_plugin
 
@@ -48,7 +48,7 @@ def dva(capsys, *args) -> tuple[int, str]:
 # -- the plugin and its reader ----------------------------------------------------------------------
 
 
-def test_the_plugin_conforms_and_its_entry_module_is_light():
+def test_the_plugin_conforms_and_its_entry_module_is_light(dva_mri):
     specs = check_plugin(dva_mri)
     assert set(specs["modality"]) == {"brain-mri"} and set(specs["dataset"]) == {"brain-mri-volumes"}
     check_light_import("dva_mri")
@@ -63,7 +63,7 @@ def test_dva_plugins_lists_the_installed_modality_with_its_distribution():
     assert "dva-mri" not in {row["distribution"] for row in data["broken"]}
 
 
-def test_slices_are_shown_radiologically_anterior_up_and_the_patients_right_on_the_left(tmp_path):
+def test_slices_are_shown_radiologically_anterior_up_and_the_patients_right_on_the_left(dva_mri, tmp_path):
     volume = brain()
     volume[:4, -4:, :] = 1000  # x low = patient's right (axis runs leftward), y high = anterior
     source = dva_mri.BRAIN_MRI.read(save(tmp_path / "marked.nii.gz", volume), slices="4")
@@ -72,7 +72,7 @@ def test_slices_are_shown_radiologically_anterior_up_and_the_patients_right_on_t
     assert image.pixels[:4, :4].min() > 0.99 and image.pixels[-4:, -4:].max() < 0.9
 
 
-def test_the_modality_round_trips_a_volume_onto_its_own_grid(tmp_path):
+def test_the_modality_round_trips_a_volume_onto_its_own_grid(dva_mri, tmp_path):
     """An unchanged counterfactual, written back, is the input (clipped to the normalisation window in
     the slices taken, untouched elsewhere), with the input's affine: it overlays in any viewer."""
     volume = brain()
@@ -88,7 +88,7 @@ def test_the_modality_round_trips_a_volume_onto_its_own_grid(tmp_path):
     assert np.abs(nib.load(tmp_path / "out" / "attribution.nii.gz").get_fdata()).max() == 0
 
 
-def test_auto_takes_the_slices_with_enough_brain_and_masks_come_from_a_threshold_or_a_file(tmp_path):
+def test_auto_takes_the_slices_with_enough_brain_and_masks_come_from_a_threshold_or_a_file(dva_mri, tmp_path):
     volume = brain()
     path = save(tmp_path / "brain.nii", volume)
     auto = dva_mri.BRAIN_MRI.read(path)
@@ -113,7 +113,7 @@ def test_auto_takes_the_slices_with_enough_brain_and_masks_come_from_a_threshold
         ("black volume", InputError, "every voxel of the volume is 0"),
     ],
 )
-def test_bad_volumes_are_one_clear_sentence(tmp_path, case, error, message):
+def test_bad_volumes_are_one_clear_sentence(dva_mri, tmp_path, case, error, message):
     path, mask, options = tmp_path / "v.nii.gz", None, {}
     if case == "2-D image":
         save(path, brain()[:, :, 0], np.eye(4))
@@ -138,7 +138,9 @@ def test_bad_volumes_are_one_clear_sentence(tmp_path, case, error, message):
 # -- dva run and dva finetune -----------------------------------------------------------------------
 
 
-def test_dva_run_picks_brain_mri_by_extension_and_writes_maps_back_as_nifti(dva_plugins, dva_tiny_sd, tmp_path, capsys):
+def test_dva_run_picks_brain_mri_by_extension_and_writes_maps_back_as_nifti(
+    dva_mri, dva_plugins, dva_tiny_sd, tmp_path, capsys
+):
     dva_plugins(dva_mri)
     scans = tmp_path / "scans"
     save(scans / "sub-01.nii.gz", brain())
@@ -160,7 +162,9 @@ def test_dva_run_picks_brain_mri_by_extension_and_writes_maps_back_as_nifti(dva_
     assert json.loads((out / "manifest.json").read_text())["counts"] == {"skipped": 2}
 
 
-def test_a_folder_of_volumes_is_a_dataset_layout_that_dva_finetune_trains_on(dva_plugins, dva_tiny_sd, tmp_path, capsys):
+def test_a_folder_of_volumes_is_a_dataset_layout_that_dva_finetune_trains_on(
+    dva_mri, dva_plugins, dva_tiny_sd, tmp_path, capsys
+):
     dva_plugins(dva_mri)
     data = tmp_path / "data"
     for label, offset in (("Normal", 0), ("Tumour", 10)):
