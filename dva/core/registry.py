@@ -134,6 +134,10 @@ def load_entries(extra: list[str | Path] | tuple = (), builtin: bool = True) -> 
             text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise ConfigError(f"Registry file {path} cannot be read ({error.strerror}); check --registry.") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"Registry file {path} is not UTF-8 text (byte {error.start}); save it as UTF-8, as TOML requires."
+            ) from error
         entries.update(_parse(text, str(path)))
     return entries
 
