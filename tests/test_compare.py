@@ -74,3 +74,69 @@ def test_a_misspelled_name_fails_before_anything_runs(tiny_radbert_model, images
     assert code == 2
     assert "Unknown prior 'controlnet-cany'. Did you mean 'controlnet-canny'?" in capsys.readouterr().err
     assert not out.exists()
+
+
+def bert_folder(folder: Path, seed: int) -> Path:
+    """Stock tiny RadBERT-family weights (32 wide, as the tiny UNets), saved with their tokenizer."""
+    from dva.plugins.encoders import BUILTIN_ENCODERS
+
+    encoder = next(spec for spec in BUILTIN_ENCODERS if spec.name == "radbert").create(seed=seed)
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_each_encoder_loads_its_own_weights_and_each_row_names_them(tiny_sd, images, tmp_path, capsys):
+    radbert, biobert = bert_folder(tmp_path / "RadBERT", seed=1), bert_folder(tmp_path / "BioBERT", seed=2)
+    registry = tmp_path / "registry.toml"
+    registry.write_text(f'[entries.mine]\nextends = "default"\nencoder = {{ name = "radbert", path = "{radbert}" }}\n')
+    common = [str(images[0]), "--entry", "mine", "--registry", str(registry), "--model", str(tiny_sd), "--steps", "2"]
+
+    code = compare([*common, "--encoders", "radbert,biobert", "--out", str(tmp_path / "shared")], capsys)
+    rows = json.loads((tmp_path / "shared" / "comparison.json").read_text())["combinations"]
+    assert code == 1 and rows[0]["error"] is None
+    assert "Cannot load the biobert encoder from 'dmis-lab/biobert-base-cased-v1.2'" in rows[1]["error"], \
+        "BioBERT has no weights here: its row fails rather than running RadBERT's"
+
+    out = tmp_path / "own"
+    code = compare([*common, "--encoders", f"radbert,biobert={biobert}", "--out", str(out)], capsys)
+    assert code == 0, capsys.readouterr().err
+    used = [row["encoder_used"] for row in json.loads((out / "comparison.json").read_text())["combinations"]]
+    assert [(u["encoder"], u["source"], u["paired"]) for u in used] == [
+        ("radbert", str(radbert), False), ("biobert", str(biobert), False)]
+    with open(out / "comparison.csv") as handle:
+        cells = {(row["row"], row["column"]): row["value"] for row in csv.DictReader(handle)}
+    assert cells[("0", "encoder source")] == str(radbert) and cells[("1", "encoder source")] == str(biobert)
+    assert cells[("1", "trained pair")] == "NO"
+    assert (out / "runs" / "radbert" / "scan0" / "counterfactual.png").read_bytes() != \
+        (out / "runs" / "biobert" / "scan0" / "counterfactual.png").read_bytes()
+    assert "WARNING: Encoder not trained with this model" in capsys.readouterr().err
+
+
+def test_each_prior_gets_its_own_options(catalogue):
+    from dva.cli.compare import component_options
+    from dva.evaluate.compare import grid, resolve_all
+
+    names, options = component_options(None, (), ("controlnet-canny.controlnet=/models/cn",
+                                                  "controlnet-canny.low_threshold=50"), [])
+    combinations = grid(names, ["sdedit", "controlnet-canny"], [], [0.4], [])
+    sdedit, controlnet = resolve_all(combinations, "default", (), catalogue, {}, options)
+    assert sdedit.prior_options == {"strength": 0.4}
+    assert controlnet.prior_options["controlnet"] == "/models/cn" and controlnet.prior_options["low_threshold"] == 50
+    assert controlnet.prior_options["strength"] == 0.4
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--encoders", "radbert=/a", "--encoder-option", "radbert.path=/b"], "The encoder 'radbert' has two paths"),
+    (["--encoders", "radbert", "--encoder-option", "biobert.path=/b"], "no combination uses it"),
+    (["--prior-option", "controlnet-canny.low_threshold=50"], "Options are given for the prior 'controlnet-canny'"),
+    (["--strength", "0.3,0.6", "--prior-option", "sdedit.strength=0.5"], "give them with --strength only"),
+    (["--encoders", "radbert=/a,radbert=/b"], "names radbert twice"),
+])
+def test_options_for_no_compared_component_or_given_twice_are_refused(flags, message, tiny_radbert_model, images,
+                                                                     tmp_path, capsys):
+    out = tmp_path / "compare"
+    code = compare([str(images[0]), "--model", str(tiny_radbert_model), *flags, "--out", str(out)], capsys)
+    assert code == 2 and message in capsys.readouterr().err
+    assert not out.exists()
+

@@ -15,7 +15,59 @@ def _names(text: str | None, flag: str) -> list[str]:
     values = [v.strip() for v in (text or "").split(",") if v.strip()]
     if text is not None and not values:
         raise ConfigError(f"{flag} is empty; give comma-separated names, e.g. {flag} radbert,clip.")
+    _once(values, flag)
     return values
+
+
+def _once(values: list[Any], flag: str) -> None:
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"{flag} names {twice} twice; give each value once.")
+
+
+def _encoder_axis(text: str | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``--encoders radbert=/models/RadBERT,biobert=/models/BioBERT,clip``: the names, and each one's own path."""
+    names, paths = [], {}
+    for item in _names(text, "--encoders"):
+        name, sep, path = (part.strip() for part in item.partition("="))
+        if sep and not (name and path):
+            raise ConfigError(f"--encoders {item}: expected NAME or NAME=PATH, e.g. --encoders radbert=/models/RadBERT,clip.")
+        names.append(name)
+        if path:
+            paths[name] = {"path": path}
+    _once(names, "--encoders")
+    return names, paths
+
+
+def _named_options(pairs: tuple[str, ...], flag: str, example: str) -> dict[str, dict[str, Any]]:
+    """``NAME.KEY=VALUE`` pairs (values read as TOML scalars, else text) into {name: {key: value}}."""
+    from dva.cli.run import _prior_options
+
+    options: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        name, dot, rest = pair.partition(".")
+        if not dot or not name or "=" not in rest:
+            raise ConfigError(f"{flag} {pair}: expected NAME.KEY=VALUE, e.g. {flag} {example}.")
+        options.setdefault(name.strip(), {}).update(_prior_options((rest,), flag, example))
+    return options
+
+
+def component_options(encoders: str | None, encoder_option: tuple[str, ...], prior_option: tuple[str, ...],
+                      strengths: list[float]) -> tuple[list[str], dict[str, dict[str, dict[str, Any]]]]:
+    """The encoder names to compare, and each encoder's and prior's own options from the flags."""
+    names, paths = _encoder_axis(encoders)
+    encoder_options = _named_options(encoder_option, "--encoder-option", "radbert.max_length=128")
+    for name, given in paths.items():
+        other = encoder_options.get(name, {}).get("path")
+        if other is not None and other != given["path"]:
+            raise ConfigError(f"The encoder '{name}' has two paths ({given['path']} in --encoders, {other} in "
+                              "--encoder-option); give one.")
+        encoder_options.setdefault(name, {}).update(given)
+    prior_options = _named_options(prior_option, "--prior-option", "controlnet-canny.low_threshold=50")
+    if strengths and any("strength" in options for options in prior_options.values()):
+        raise ConfigError("--prior-option NAME.strength: with --strength, strengths are an axis of the comparison; "
+                          "give them with --strength only.")
+    return names, {"encoder": encoder_options, "prior": prior_options}
 
 
 def _numbers(text: str | None, flag: str) -> list[float]:
@@ -27,8 +79,13 @@ def _numbers(text: str | None, flag: str) -> list[float]:
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--encoders", help="Comma-separated text encoders (default: the entry's or model's own).")
+@click.option("--encoders", help="Comma-separated text encoders, each NAME or NAME=PATH (its own weights), e.g. "
+              "radbert=/models/RadBERT,biobert=/models/BioBERT (default: the entry's or model's own).")
+@click.option("--encoder-option", "encoder_option", multiple=True, metavar="NAME.KEY=VALUE",
+              help="An option of one encoder (path, max_length), repeatable, e.g. radbert.max_length=128.")
 @click.option("--priors", help="Comma-separated image priors, e.g. sdedit,controlnet-canny.")
+@click.option("--prior-option", "prior_option", multiple=True, metavar="NAME.KEY=VALUE",
+              help="An option of one prior, repeatable, e.g. controlnet-canny.controlnet=/models/sd-controlnet-canny.")
 @click.option("--schedulers", help="Comma-separated schedulers, e.g. pndm,ddim,dpm-solver++.")
 @click.option("--strength", "strengths", help="Comma-separated SDEdit strengths, e.g. 0.55,0.85.")
 @click.option("--guidance-scale", "guidance_scales", help="Comma-separated guidance scales, e.g. 4,7.5.")
@@ -45,12 +102,16 @@ def _numbers(text: str | None, flag: str) -> list[float]:
 @click.option("--metrics", help="Comma-separated metrics (default: what the data allow).")
 @click.option("--fid-weights", type=click.Path(dir_okay=False), help="pytorch-fid Inception weights (state dict).")
 @click.option("--healthy-class", help="The dataset's healthy class (default: Normal, Healthy or No Finding).")
+@click.option("--strict", is_flag=True, help="Refuse, before anything runs, any combination whose encoder the model "
+              "was not trained with.")
 @click.option("--out", default="dva-compare", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
-def compare(inputs: tuple[str, ...], encoders: str | None, priors: str | None, schedulers: str | None,
-            strengths: str | None, guidance_scales: str | None, entry: str, registries: tuple[str, ...],
-            mask: str | None, real: str | None, metrics: str | None, fid_weights: str | None,
-            healthy_class: str | None, out: str, **common: Any) -> int:
-    """Run and evaluate every combination on INPUTS; write comparison.{csv,md,json}, a contact sheet and plots."""
+def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple[str, ...], priors: str | None,
+            prior_option: tuple[str, ...], schedulers: str | None, strengths: str | None, guidance_scales: str | None,
+            entry: str, registries: tuple[str, ...], mask: str | None, real: str | None, metrics: str | None,
+            fid_weights: str | None, healthy_class: str | None, strict: bool, out: str, **common: Any) -> int:
+    """Run and evaluate every combination on INPUTS; write comparison.{csv,md,json}, a contact sheet and plots.
+
+    Rerun into the same --out, the completed runs are reused and the tables come out the same."""
     import json
     import math
 
@@ -68,10 +129,17 @@ def compare(inputs: tuple[str, ...], encoders: str | None, priors: str | None, s
 
     console = Console(stderr=True, soft_wrap=True)
     catalogue = get_catalogue()
-    combinations = grid(_names(encoders, "--encoders"), _names(priors, "--priors"), _names(schedulers, "--schedulers"),
-                        _numbers(strengths, "--strength"), _numbers(guidance_scales, "--guidance-scale"))
+    strength_values = _numbers(strengths, "--strength")
+    encoder_names, options = component_options(encoders, encoder_option, prior_option, strength_values)
+    combinations = grid(encoder_names, _names(priors, "--priors"), _names(schedulers, "--schedulers"),
+                        strength_values, _numbers(guidance_scales, "--guidance-scale"))
     overrides = {key: value for key, value in common.items() if value is not None}
-    recipes = resolve_all(combinations, entry, registries, catalogue, overrides)
+    recipes = resolve_all(combinations, entry, registries, catalogue, overrides, options)
+    if strict:
+        from dva.core.runtime import require_trained_encoder
+
+        for recipe in recipes:
+            require_trained_encoder(recipe, catalogue)
     names = _metric_list(metrics)
     for name in names or ():
         catalogue.get("metric", name)
@@ -83,14 +151,25 @@ def compare(inputs: tuple[str, ...], encoders: str | None, priors: str | None, s
     def announce(index: int, combination: Any) -> None:
         console.print(f"[bold]{index + 1}/{len(combinations)}[/] {combination.label}", highlight=False)
 
+    warned: set[str] = set()
+
+    def loaded(index: int, runtime: Any) -> None:
+        from rich.markup import escape
+
+        warning = runtime.encoder_choice.warning if runtime.encoder_choice is not None else None
+        if warning and warning not in warned:
+            warned.add(warning)
+            console.print(f"[bold red]WARNING:[/] [red]{escape(warning)}[/]", highlight=False)
+
     outcomes = run_all(combinations, recipes, list(inputs), target, catalogue, dataset, settings, mask=mask,
-                       on_combination=announce)
+                       on_combination=announce, on_loaded=loaded)
     table = comparison_table(outcomes)
     atomic_write_text(target / "comparison.csv", to_csv([table]))
     atomic_write_text(target / "comparison.md", "# dva compare\n\n" + to_markdown([table]))
     document = {"versions": versions(), "entry": entry, "inputs": list(inputs), "real": real,
                 "table": table.as_dict(),
-                "combinations": [{**vars(o.combination), "run": str(o.run), "error": o.error, "images": o.images,
+                "combinations": [{**vars(o.combination), "run": str(o.run), "model": o.model, "encoder_used": o.encoder,
+                                  "error": o.error, "images": o.images,
                                   "seconds_per_image": None if math.isnan(o.seconds_per_image) else o.seconds_per_image, "summary": o.summary} for o in outcomes]}
     atomic_write_text(target / "comparison.json", json.dumps(document, indent=1, default=str) + "\n")
     contact_sheet_png(outcomes, target / "contact_sheet.png")

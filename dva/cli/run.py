@@ -59,13 +59,15 @@ def _prior_options(pairs: tuple[str, ...], flag: str = "--prior-option", example
 @click.option("--vae-slicing/--no-vae-slicing", "vae_slicing", default=None,
               help="Decode a batch one image at a time (less memory at large batch sizes).")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute precision.")
+@click.option("--strict", is_flag=True, help="Refuse an encoder the model was not trained with (another encoder, or "
+              "other weights of its own), before anything loads.")
 @click.option("--out", default="dva-out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--num-processes", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Processes sharing the inputs on this machine (one per GPU; on the CPU, cores are shared).")
 @click.pass_context
 def run(ctx: click.Context, inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: str | None,
         out: str, prior_option: tuple[str, ...], modality_option: tuple[str, ...], num_processes: int,
-        **flags: Any) -> int:
+        strict: bool, **flags: Any) -> int:
     """Make the healthy counterfactual and attribution map of each input (files or folders)."""
     import os
 
@@ -90,6 +92,10 @@ def run(ctx: click.Context, inputs: tuple[str, ...], entry: str, registries: tup
     if modality_option:
         overrides["modality_options"] = _prior_options(modality_option, "--modality-option", "slices=40:60")
     recipe = resolve(entries, catalogue, entry, overrides)
+    if strict:
+        from dva.core.runtime import require_trained_encoder
+
+        require_trained_encoder(recipe, catalogue)
     return _execute(recipe, list(inputs), Path(out), mask, catalogue, console)
 
 
@@ -135,6 +141,11 @@ def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalo
         note = runtime.source.dva.get("note")
         if note:
             console.print(f"[bold yellow]Note:[/] {note}", highlight=False)
+        choice = runtime.encoder_choice
+        if choice is not None and not choice.paired:
+            from rich.markup import escape
+
+            console.print(f"[bold red]WARNING:[/] [red]{escape(choice.warning)}[/]", highlight=False)
         console.print(
             f"{recipe.modality} · model {runtime.source.location} · encoder {runtime.encoder.name} · prior {recipe.prior} "
             f"(strength {recipe.prior_options.get('strength')}) · {runtime.unet_calls()} denoising steps of "

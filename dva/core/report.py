@@ -44,6 +44,9 @@ def write_report(out: Path, header: dict[str, Any], images: list[dict[str, Any]]
     more = len([i for i in images if i["status"] in ("done", "skipped")]) - len(shown)
     settings = html.escape(json.dumps(header.get("recipe", {}), indent=2, default=str))
     note = html.escape(header.get("model_note") or "")
+    pairing = header.get("encoder_pairing") or {}
+    banner = (f'<p class="banner" role="alert">{html.escape(pairing.get("warning") or "")}</p>'
+              if pairing.get("paired") is False else "")
     minuend = "reconstruction" if header.get("recipe", {}).get("reference") == "reconstruction" else "input"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>dva run report</title>
@@ -52,8 +55,10 @@ body{{font-family:system-ui,sans-serif;margin:2em;background:#111;color:#eee}}
 table{{border-collapse:collapse}} td,th{{padding:4px;vertical-align:middle;text-align:center}}
 img{{width:{THUMBNAIL}px;image-rendering:auto;display:block}} pre{{background:#222;padding:1em}}
 .note{{color:#fb4;font-weight:bold}}
+.banner{{background:#a00;color:#fff;font-weight:bold;padding:1em;border:3px solid #f44}}
 </style></head><body>
 <h1>dva: healthy counterfactuals and attribution maps</h1>
+{banner}
 <p class="note">{note}</p>
 <p>Attribution = {minuend} &minus; counterfactual (brighter = larger change; signed values in
 <code>attribution.safetensors</code>). Prompt: <q>{html.escape(str(header.get("prompt", "")))}</q>;

@@ -238,8 +238,13 @@ def _inside(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
 
 
 def run_header(recipe_dict: dict[str, Any], runtime: Any) -> dict[str, Any]:
-    """What the manifest says about the whole run: versions, recipe, model, encoder, device, seeds."""
+    """What the manifest says about the whole run: versions, recipe, model, encoder, device, seeds.
+
+    ``encoder_pairing`` says whether the encoder is the one the model was trained with (``paired``), where
+    each comes from, and the warning shown when it is not.
+    """
     encoder = runtime.encoder
+    choice = getattr(runtime, "encoder_choice", None)
     return {
         "tool": "dva run",
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -251,9 +256,11 @@ def run_header(recipe_dict: dict[str, Any], runtime: Any) -> dict[str, Any]:
         "encoder": {
             "name": encoder.name,
             "family": encoder.family,
+            "source": None if choice is None else choice.location,
             "projection": None if encoder.projection is None
             else ("trained" if encoder.projection_trained else "UNTRAINED (random, seed 0)"),
         },
+        "encoder_pairing": None if choice is None else choice.as_dict(),
         "device": str(runtime.device),
         "dtype": str(runtime.dtype).removeprefix("torch."),
         "resolution": runtime.resolution,

@@ -10,7 +10,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -122,30 +122,154 @@ def build_scheduler(recipe: Recipe, catalogue: Any, config: dict) -> Any:
     return spec.from_config(config, **recipe.scheduler_options)
 
 
-def load_encoder(recipe: Recipe, catalogue: Any, source: ModelSource, cross_attention_dim: int) -> Any:
-    """The text encoder: the model folder's own unless the recipe names another or a path."""
+@dataclass(frozen=True)
+class EncoderChoice:
+    """Which encoder a recipe loads and from where, and whether the model was trained with exactly it.
+
+    A UNet learns the embeddings of the encoder it is trained with. Any other encoder (another one, or
+    other weights of the same one) gives embeddings it has never seen, even at the same width, so the
+    counterfactuals mean nothing until the pair is fine-tuned together.
+    """
+
+    name: str
+    source: str | None
+    subfolder: str | None
+    tokenizer_subfolder: str | None
+    projection_source: str | None
+    max_length: int
+    model: str
+    trained_name: str
+    trained_source: str | None  # None: the model folder does not say which weights it was trained with
+    paired: bool
+
+    @property
+    def location(self) -> str | None:
+        """Where the encoder's weights are read: the source, with its subfolder inside a model folder."""
+        if self.source is None or not self.subfolder:
+            return self.source
+        return f"{self.source.rstrip('/')}/{self.subfolder}"
+
+    @property
+    def mismatch(self) -> str | None:
+        """Why the encoder is not the model's own (a clause), or None when it is."""
+        if self.paired:
+            return None
+        if self.name != self.trained_name:
+            trained_from = f" from {self.trained_source}" if self.trained_source else ""
+            return (f"{self.model} was trained with the '{self.trained_name}' encoder{trained_from}, "
+                    f"not '{self.name}' from {self.location}")
+        if self.trained_source is None:
+            return (f"{self.model} does not record which '{self.trained_name}' weights it was trained with, "
+                    f"so dva cannot tell whether {self.location} holds them")
+        return (f"{self.model} was trained with the '{self.trained_name}' weights in {self.trained_source}, "
+                f"not those in {self.location}")
+
+    @property
+    def warning(self) -> str | None:
+        """The sentence the terminal, the manifest and the report show for an encoder the model was not trained with."""
+        if self.paired:
+            return None
+        return (f"Encoder not trained with this model: {self.mismatch}; its UNet has never seen these embeddings, "
+                "so the counterfactuals and maps mean nothing until the pair is fine-tuned together "
+                "(dva finetune, docs/finetune.md).")
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``manifest.json`` records as ``encoder_pairing``."""
+        return {"paired": self.paired, "encoder": self.name, "source": self.location,
+                "trained_encoder": self.trained_name, "trained_source": self.trained_source,
+                "warning": self.warning}
+
+
+def trained_encoder_source(source: ModelSource) -> str | None:
+    """Where the weights of the encoder the model was trained with are: the folder's (or hub repository's)
+    ``text_encoder/``, else dva.json's ``encoder_source``; None when the model does not say."""
+    if source.has_text_encoder:
+        return f"{source.location.rstrip('/')}/text_encoder"
+    return source.dva.get("encoder_source") or None
+
+
+def _same_weights(location: str | None, trained: str | None) -> bool:
+    """Whether two encoder locations hold the same weights: the same place, or local folders whose weight
+    files are byte-identical (a copy). A hub id is compared by name only (nothing is downloaded)."""
+    import filecmp
+    from pathlib import Path
+
+    if location is None or trained is None:
+        return False
+    if location.rstrip("/") == trained.rstrip("/"):
+        return True
+    first, second = Path(location).expanduser(), Path(trained).expanduser()
+    if not (first.is_dir() and second.is_dir()):
+        return False
+    if first.resolve() == second.resolve():
+        return True
+
+    def weights(folder: Path) -> dict[str, Path]:
+        return {p.name: p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin")}
+
+    mine, theirs = weights(first), weights(second)
+    return bool(mine) and mine.keys() == theirs.keys() and all(
+        filecmp.cmp(mine[name], theirs[name], shallow=False) for name in mine)
+
+
+def choose_encoder(recipe: Recipe, catalogue: Any, source: ModelSource) -> EncoderChoice:
+    """Decide which encoder the recipe loads and from where, without loading anything.
+
+    The model folder's own encoder unless the recipe names another or a path; ``encoder_source`` in a
+    dva folder's dva.json names a frozen encoder it does not carry. A dva folder asked for another
+    encoder without weights for it is a ConfigError.
+    """
     path = recipe.encoder_options.get("path")
     max_length = recipe.encoder_options.get("max_length") or 77
     trained = source.dva.get("encoder") if source.is_dva_folder else "clip"
     name = recipe.encoder or trained
     spec = catalogue.get("encoder", name)
-    kwargs: dict[str, Any] = {"max_length": max_length}
+    subfolder = tokenizer_subfolder = None
     if path is not None:
-        kwargs.update(source=path)
+        location = path
     elif name == trained and source.has_text_encoder:
-        kwargs.update(source=source.location, subfolder="text_encoder", tokenizer_subfolder="tokenizer")
+        location, subfolder, tokenizer_subfolder = source.location, "text_encoder", "tokenizer"
     elif source.is_dva_folder and name != trained:
         raise ConfigError(
             f"Model folder {source.location} was trained with encoder '{trained}', not '{name}'; drop --encoder, "
             "or pass --encoder-path to load another encoder's weights."
         )
-    else:  # a dva folder may name where its (frozen, not copied) encoder comes from: "encoder_source"
-        kwargs.update(source=(source.dva.get("encoder_source") if name == trained else None) or spec.default_source)
-    if source.has_projection and name == trained:
-        kwargs["projection_source"] = f"{source.location}/projection"
+    else:
+        location = (source.dva.get("encoder_source") if name == trained else None) or spec.default_source
+    projection = f"{source.location}/projection" if source.has_projection and name == trained else None
+    choice = EncoderChoice(name, location, subfolder, tokenizer_subfolder, projection, max_length, source.location,
+                           trained, trained_encoder_source(source), paired=False)
+    paired = name == trained and _same_weights(choice.location, choice.trained_source)
+    return replace(choice, paired=paired)
+
+
+def require_trained_encoder(recipe: Recipe, catalogue: Any) -> EncoderChoice:
+    """``--strict``: refuse, before anything loads, an encoder the model was not trained with."""
+    choice = choose_encoder(recipe, catalogue, inspect_model(recipe.model))
+    if not choice.paired:
+        raise ConfigError(
+            f"--strict: the encoder is not the one the model was trained with ({choice.mismatch}); fine-tune the "
+            "pair with dva finetune (docs/finetune.md) and run that model, or use the model's own encoder."
+        )
+    return choice
+
+
+def load_chosen_encoder(choice: EncoderChoice, catalogue: Any, cross_attention_dim: int) -> Any:
+    """Load the encoder :func:`choose_encoder` chose and fit it to the UNet's width."""
+    spec = catalogue.get("encoder", choice.name)
+    kwargs: dict[str, Any] = {"max_length": choice.max_length, "source": choice.source}
+    if choice.subfolder:
+        kwargs.update(subfolder=choice.subfolder, tokenizer_subfolder=choice.tokenizer_subfolder)
+    if choice.projection_source:
+        kwargs["projection_source"] = choice.projection_source
     encoder = spec.resolve().from_pretrained(spec, **kwargs)
     encoder.fit_to(cross_attention_dim)
     return encoder
+
+
+def load_encoder(recipe: Recipe, catalogue: Any, source: ModelSource, cross_attention_dim: int) -> Any:
+    """The text encoder: the model folder's own unless the recipe names another or a path."""
+    return load_chosen_encoder(choose_encoder(recipe, catalogue, source), catalogue, cross_attention_dim)
 
 
 @dataclass
@@ -160,6 +284,7 @@ class Runtime:
     prior: Any
     resolution: int
     prompt: str
+    encoder_choice: EncoderChoice | None = None  # what was loaded, and whether the model was trained with it
 
     def prompt_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings ``(1, L, D)`` of the prompt and the negative prompt, computed once per run."""
@@ -195,8 +320,10 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
                                         lambda: load_diffusion_parts(source, device, dtype))
     scheduler = build_scheduler(recipe, catalogue, scheduler_config)
 
+    choice = choose_encoder(recipe, catalogue, source)
+
     def encoder_on_device() -> Any:
-        encoder = load_encoder(recipe, catalogue, source, int(unet.config.cross_attention_dim))
+        encoder = load_chosen_encoder(choice, catalogue, int(unet.config.cross_attention_dim))
         if lora:
             from dva.finetune.lora import apply_lora
 
@@ -208,7 +335,17 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
     unet = speed_options(recipe, unet, vae)
     prior.load(ModelParts(unet, vae, scheduler, device, dtype))
     resolution = model_resolution(unet, vae)
-    return Runtime(recipe, source, device, dtype, encoder, prior, resolution, healthy_prompt(recipe, source, catalogue))
+    return Runtime(recipe, source, device, dtype, encoder, prior, resolution, healthy_prompt(recipe, source, catalogue),
+                   actually_loaded(choice, encoder))
+
+
+def actually_loaded(choice: EncoderChoice, encoder: Any) -> EncoderChoice:
+    """``choice`` with the folder the encoder's weights were really read from (transformers records it; a
+    ``package:NAME`` source becomes the installed folder), so manifests name what ran."""
+    read_from = getattr(getattr(getattr(encoder, "model", None), "config", None), "_name_or_path", None)
+    if not isinstance(read_from, str) or not read_from or read_from == choice.source:
+        return choice
+    return replace(choice, source=read_from)
 
 
 def speed_options(recipe: Recipe, unet: Any, vae: Any) -> Any:

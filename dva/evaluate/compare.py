@@ -3,12 +3,14 @@ run on the same inputs with loaded components reused, each evaluated, in one tab
 
 Every recipe is resolved before anything runs, so a misspelled name fails in a second; a combination
 that fails while running (an encoder whose weights are missing, ...) is reported in its row and the
-others go on.
+others go on. Each row names the encoder weights its run actually loaded. Rerun into the same folder,
+each combination's run resumes (its completed images are reused) and the tables come out the same.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from dva.core.errors import ConfigError
 from dva.evaluate.evaluation import Evaluation, Settings, evaluate
 from dva.evaluate.runs import read_run
 from dva.evaluate.tables import Table
@@ -75,6 +78,8 @@ class Outcome:
     seconds_per_image: float = math.nan
     images: int = 0
     summary: dict[str, float] = field(default_factory=dict)
+    model: str | None = None  # the model its run loaded
+    encoder: dict[str, Any] | None = None  # the encoder its run loaded, and whether the model was trained with it
 
 
 def summarise(evaluation: Evaluation) -> dict[str, float]:
@@ -98,19 +103,51 @@ def summarise(evaluation: Evaluation) -> dict[str, float]:
 
 
 def resolve_all(combinations: list[Combination], entry: str, registries: Sequence[str], catalogue: Any,
-                common: dict[str, Any]) -> list[Any]:
-    """Every combination's recipe, resolved (and so checked) before any runs."""
+                common: dict[str, Any], options: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[Any]:
+    """Every combination's recipe, resolved (and so checked) before any runs.
+
+    ``options`` gives components their own options by kind and name (``{"encoder": {"radbert": {"path":
+    ...}}, "prior": {"controlnet-canny": {...}}}``): each applies to the combinations that use that
+    component, so no encoder is ever loaded from another's path. A name no combination uses is a
+    ConfigError (a typo would otherwise be ignored).
+    """
     from dva.core.registry import load_entries, resolve
 
     entries = load_entries(registries)
-    return [resolve(entries, catalogue, entry, {**common, **c.overrides()}) for c in combinations]
+    options = options or {}
+    used: set[tuple[str, str]] = set()
+    recipes = []
+    for combination in combinations:
+        overrides = {**common, **combination.overrides()}
+        recipe = resolve(entries, catalogue, entry, overrides)
+        own = {kind: by_name[getattr(recipe, kind)] for kind, by_name in options.items()
+               if getattr(recipe, kind) in by_name}
+        if own:
+            used.update((kind, getattr(recipe, kind)) for kind in own)
+            recipe = resolve(entries, catalogue, entry, {**overrides, **{f"{kind}_options": v for kind, v in own.items()}})
+        recipes.append(recipe)
+    for kind, by_name in options.items():
+        for name in by_name:
+            if (kind, name) not in used:
+                compared = sorted({str(getattr(recipe, kind)) for recipe in recipes})
+                raise ConfigError(
+                    f"Options are given for the {kind} '{name}', but no combination uses it (the {kind}s compared: "
+                    f"{', '.join(compared)}); name it in --{kind}s, or correct the name."
+                )
+    return recipes
 
 
 def run_all(combinations: list[Combination], recipes: list[Any], inputs: list[str], out: Path, catalogue: Any,
             dataset: Any, settings: Settings, mask: str | None = None,
             on_combination: Callable[[int, Combination], None] = lambda index, combination: None,
-            run_options: dict[str, Any] | None = None) -> list[Outcome]:
-    """Run and evaluate each combination into ``out/runs/<slug>``, loading each model part once."""
+            run_options: dict[str, Any] | None = None,
+            on_loaded: Callable[[int, Any], None] = lambda index, runtime: None) -> list[Outcome]:
+    """Run and evaluate each combination into ``out/runs/<slug>``, loading each model part once.
+
+    A folder that holds a completed run of the same recipe is resumed (``dva run`` skips its completed
+    images), so a second call gives the same outcomes. ``on_loaded`` gets each combination's loaded
+    components (the encoder it really loaded, whether the model was trained with it).
+    """
     from dva.core.run import run
     from dva.core.runtime import reuse_components
 
@@ -119,12 +156,19 @@ def run_all(combinations: list[Combination], recipes: list[Any], inputs: list[st
         for index, (combination, recipe) in enumerate(zip(combinations, recipes)):
             on_combination(index, combination)
             outcome = Outcome(combination, out / "runs" / combination.slug)
+
+            def loaded(runtime: Any, outcome: Outcome = outcome, index: int = index) -> None:
+                choice = runtime.encoder_choice
+                outcome.model = runtime.source.location
+                outcome.encoder = None if choice is None else choice.as_dict()
+                on_loaded(index, runtime)
+
             started = time.perf_counter()
             try:
-                result = run(recipe, inputs, outcome.run, catalogue, mask=mask, **(run_options or {}))
+                result = run(recipe, inputs, outcome.run, catalogue, mask=mask, on_loaded=loaded, **(run_options or {}))
                 run_outputs = read_run(outcome.run)
                 outcome.images = len(run_outputs.images)
-                outcome.seconds_per_image = (time.perf_counter() - started) / max(outcome.images, 1)
+                outcome.seconds_per_image = seconds_per_image(run_outputs.images, time.perf_counter() - started)
                 outcome.evaluation = evaluate(dataset, [run_outputs], settings, catalogue)
                 outcome.summary = summarise(outcome.evaluation)
                 if result.count("failed"):
@@ -135,14 +179,32 @@ def run_all(combinations: list[Combination], recipes: list[Any], inputs: list[st
     return outcomes
 
 
+def seconds_per_image(images: list[Any], elapsed: float) -> float:
+    """The mean time each image took when it was made (reading, sampling, writing), from its record.json,
+    so a resumed comparison reports the same times; ``elapsed / images`` where a record lacks it."""
+    seconds = []
+    for image in images:
+        try:
+            seconds.append(float(json.loads((image.folder / "record.json").read_text())["seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return elapsed / max(len(images), 1)
+    return float(np.mean(seconds)) if seconds else math.nan
+
+
 def comparison_table(outcomes: list[Outcome]) -> Table:
+    """One row per combination: its values, images, s/image, the measures, the encoder weights it loaded
+    (name and location, and whether the model was trained with them), and its status."""
     measured = [key for key in SUMMARY_COLUMNS if any(key in o.summary for o in outcomes)]
     axes = [name for name in ("encoder", "prior", "scheduler", "strength", "guidance_scale")
             if len({getattr(o.combination, name) for o in outcomes}) > 1 or getattr(outcomes[0].combination, name)]
     table = Table("comparison", "Comparison of combinations",
-                  [*axes, "images", "s/image", *(SUMMARY_COLUMNS[k] for k in measured), "status"])
+                  [*axes, "images", "s/image", *(SUMMARY_COLUMNS[k] for k in measured),
+                   "encoder loaded", "encoder source", "trained pair", "status"])
     for outcome in outcomes:
         values = [getattr(outcome.combination, name) for name in axes]
+        encoder = outcome.encoder or {}
+        paired = {True: "yes", False: "NO"}.get(encoder.get("paired"), "")
         table.rows.append([*values, outcome.images, outcome.seconds_per_image,
-                           *(outcome.summary.get(k, math.nan) for k in measured), outcome.error or "ok"])
+                           *(outcome.summary.get(k, math.nan) for k in measured),
+                           encoder.get("encoder", ""), encoder.get("source") or "", paired, outcome.error or "ok"])
     return table
