@@ -83,8 +83,9 @@ def snapshot(out: Path) -> dict[str, tuple[bytes, int]]:
 
 
 def leftovers(out: Path) -> list[Path]:
-    """Temporary or hidden files that an interrupted write could leave behind."""
-    return [path for path in out.rglob("*") if path.name.endswith(".tmp") or path.name.startswith(".")]
+    """Temporary or hidden files that an interrupted write could leave behind (the folder's lock file stays)."""
+    return [path for path in out.rglob("*")
+            if (path.name.endswith(".tmp") or path.name.startswith(".")) and path != out / ".dva.lock"]
 
 
 def assert_complete(folder: Path, size: tuple[int, int]) -> None:

@@ -93,9 +93,47 @@ def test_16bit_gray_png_keeps_16bit_precision(tmp_path):
 
 def test_16bit_tiff_keeps_16bit_precision(tmp_path):
     values = np.full((20, 30), 1000, dtype=np.uint16)
+    values[0, 0] = 40000
     scan = io.read_scan(save(tmp_path / "deep.tif", values))
     assert scan.kind == "tiff"
     assert scan.pixels[3, 3] == pytest.approx(1000 / 65535, abs=1e-7)
+    assert scan.notes == ()  # full-range 16-bit data: nothing assumed
+
+
+def test_12bit_data_in_a_16bit_png_is_detected_and_said(tmp_path):
+    """A 12-bit detector's scan saved as 16-bit PNG is not read as near-black; the note says what was done."""
+    values = np.linspace(0, 4095, 20 * 30).reshape(20, 30).astype(np.uint16)
+    scan = io.read_scan(save(tmp_path / "twelve.png", values))
+    assert scan.pixels.max() == pytest.approx(1.0)
+    assert scan.pixels[10, 15] == pytest.approx(values[10, 15] / 4095, abs=1e-6)
+    assert len(scan.notes) == 1 and "12-bit" in scan.notes[0] and "--bit-depth 16" in scan.notes[0]
+
+
+def test_a_given_bit_depth_overrides_detection(tmp_path):
+    values = np.full((20, 30), 1000, dtype=np.uint16)
+    path = save(tmp_path / "dark.png", values)
+    assert io.read_scan(path, bit_depth=16).pixels[3, 3] == pytest.approx(1000 / 65535, abs=1e-7)
+    assert io.read_scan(path, bit_depth=16).notes == ()
+    assert io.read_scan(path).pixels[3, 3] == pytest.approx(1000 / 1023, abs=1e-6)  # fits in 10 bits
+
+
+def test_a_png_sbit_chunk_states_the_bit_depth(tmp_path):
+    """PNG's sBIT chunk (significant bits) is the file's own statement of its depth, and is believed."""
+    import struct
+    import zlib
+
+    values = np.full((20, 30), 1000, dtype=np.uint16)
+    values[0, 0] = 3000
+    data = save(tmp_path / "plain.png", values).read_bytes()
+    body = bytes([12])
+    chunk = struct.pack(">I", 1) + b"sBIT" + body + struct.pack(">I", zlib.crc32(b"sBIT" + body) & 0xFFFFFFFF)
+    header_end = 8 + 25  # signature, then IHDR (length, type, 13 bytes, crc)
+    path = tmp_path / "sbit.png"
+    path.write_bytes(data[:header_end] + chunk + data[header_end:])
+    assert io.png_significant_bits(path.read_bytes()) == 12
+    scan = io.read_scan(path)
+    assert scan.pixels[3, 3] == pytest.approx(1000 / 4095, abs=1e-6)
+    assert "sBIT" in scan.notes[0]
 
 
 def test_rgb_png_becomes_luminance(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from dva.core.errors import ConfigError
 from dva.core.io import atomic_write_text
+from dva.core.pickles import refused_pickle
 
 log = logging.getLogger("dva")
 
@@ -87,6 +89,8 @@ class TextEncoder(torch.nn.Module):
         self.max_length = max_length
         # BERTs are trained with attention masks; SD v1's CLIP ignores padding masks (diffusers parity).
         self.use_attention_mask = family == "bert"
+        # Where the weights were loaded from, {role: (location, subfolders)}; empty for random weights.
+        self.weight_sources: dict[str, tuple[str, tuple[str, ...]]] = {}
         limit = getattr(model.config, "max_position_embeddings", None)
         if limit is not None and max_length > limit:
             raise ConfigError(f"Encoder '{name}' takes at most {limit} tokens; set max_length to {limit} or less.")
@@ -128,8 +132,18 @@ class TextEncoder(torch.nn.Module):
                 f"Cannot load the {spec.name} encoder from '{source}' ({_short(error)}); pass a local folder "
                 "with --encoder-path, or connect to the model hub."
             ) from error
+        except pickle.UnpicklingError as error:  # torch refused a pickled weights file; its text advises unsafe loading
+            refusal = refused_pickle(error, f"the {spec.name} encoder in '{source}'")
+            if refusal is None:
+                raise
+            raise refusal from error
         projection = load_projection(projection_source) if projection_source else None
-        return cls(spec.name, spec.family, tokenizer, model, max_length or spec.max_length, projection)
+        encoder = cls(spec.name, spec.family, tokenizer, model, max_length or spec.max_length, projection)
+        encoder.weight_sources = {
+            "encoder": (str(source), tuple(p for p in (subfolder, tokenizer_subfolder) if p)),
+            **({"projection": (str(projection_source), ())} if projection_source else {}),
+        }
+        return encoder
 
     @classmethod
     def from_config(cls, spec: Any, config: dict[str, Any]) -> TextEncoder:

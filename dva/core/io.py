@@ -33,6 +33,7 @@ class Scan:
     pixels: np.ndarray  # float32, (height, width)
     sha256: str
     kind: str  # "png", "jpeg", "dicom", ...
+    notes: tuple[str, ...] = ()  # what reading decided for the user to know (the bit depth it assumed)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -128,8 +129,12 @@ def _too_large(path: Path, width: int, height: int) -> InputError:
     )
 
 
-def read_scan(path: str | Path) -> Scan:
-    """Read an image or DICOM file as grayscale float intensities in [0, 1]."""
+def read_scan(path: str | Path, bit_depth: int | None = None) -> Scan:
+    """Read an image or DICOM file as grayscale float intensities in [0, 1].
+
+    ``bit_depth``: how many bits of a 16-bit (or 32-bit integer) image hold data; None detects it (see
+    :func:`detect_bit_depth`) and says so in the scan's notes. DICOM files state theirs.
+    """
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -141,17 +146,54 @@ def read_scan(path: str | Path) -> Scan:
         raise InputError(f"{path}: the file is empty; replace it or remove it from the inputs.")
     sha = hashlib.sha256(data).hexdigest()
     # Decode the very bytes that were hashed, so the hash always describes the pixels.
+    notes: tuple[str, ...] = ()
     if path.suffix.lower() in DICOM_EXTENSIONS or data[128:132] == b"DICM":
         pixels, kind = _read_dicom(path, data), "dicom"
     else:
-        pixels, kind = _read_picture(path, data)
+        pixels, kind, notes = _read_picture(path, data, bit_depth)
     height, width = pixels.shape
     if min(height, width) < MIN_SIDE:
         raise InputError(f"{path}: the image is {width}x{height} pixels; dva needs at least {MIN_SIDE} on each side.")
-    return Scan(path, pixels, sha, kind)
+    return Scan(path, pixels, sha, kind, notes)
 
 
-def _read_picture(path: Path, data: bytes) -> tuple[np.ndarray, str]:
+DETECTED_DEPTHS = (10, 12, 14)  # what X-ray detectors store in 16-bit files, besides 16 bits proper
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """The grey sample depth a PNG's ``sBIT`` chunk declares (the bits that hold data), if it has one."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        if kind == b"sBIT" and length >= 1:
+            return data[position + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None  # sBIT must come before the image data
+        position += 12 + length
+    return None
+
+
+def detect_bit_depth(values: np.ndarray, declared: int | None) -> tuple[int, str | None]:
+    """The number of bits holding data in 16-bit ``values``, and a note when it was not 16 or was guessed.
+
+    A PNG's sBIT chunk is believed. Otherwise a scan whose largest value fits in 10, 12 or 14 bits is read
+    as such (a 12-bit detector's image stored in a 16-bit file would otherwise look nearly black).
+    """
+    if declared is not None and 1 <= declared <= 16:
+        note = None if declared == 16 else f"read as {declared}-bit data (the file's sBIT chunk says so)"
+        return declared, note
+    top = int(values.max()) if values.size else 0
+    for bits in DETECTED_DEPTHS:
+        if top < 2**bits:
+            return bits, (f"read as {bits}-bit data stored in a 16-bit file (its largest value is {top}); "
+                          "pass --bit-depth 16 if it really is full-range 16-bit")
+    return 16, None
+
+
+def _read_picture(path: Path, data: bytes, bit_depth: int | None = None) -> tuple[np.ndarray, str, tuple[str, ...]]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     # dva checks the size on the header, before decoding. Pillow's process-wide limit is left alone
@@ -164,7 +206,7 @@ def _read_picture(path: Path, data: bytes) -> tuple[np.ndarray, str]:
             image.load()
             if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show it the way it was taken
                 image = ImageOps.exif_transpose(image)
-            pixels = _to_gray(image)
+            pixels, notes = _to_gray(image, bit_depth, png_significant_bits(data))
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -178,28 +220,35 @@ def _read_picture(path: Path, data: bytes) -> tuple[np.ndarray, str]:
         raise InputError(f"{path}: the image does not fit in memory; downscale it first.") from error
     except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on bad data
         raise InputError(f"{path}: the image is damaged or truncated ({_reason(error)}); re-export it.") from error
-    return pixels, kind
+    return pixels, kind, notes
 
 
-def _to_gray(image) -> np.ndarray:
-    """Grayscale intensity in [0, 1] for any PIL mode, keeping 16-bit precision."""
+def _to_gray(image, bit_depth: int | None = None, declared: int | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Grayscale intensity in [0, 1] for any PIL mode, keeping 16-bit precision, and notes on what was assumed.
+
+    16-bit images are scaled by their bit depth: ``bit_depth`` when given, else :func:`detect_bit_depth`.
+    """
     from PIL import Image
 
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image, dtype=np.float32) / 65535.0
-    if image.mode == "I":
+    deep = image.mode in ("I;16", "I;16B", "I;16L", "I;16N")
+    if deep or image.mode == "I":
         values = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if values.max() > 255 else 255.0
-        return np.clip(values / top, 0.0, 1.0)
+        if image.mode == "I" and bit_depth is None and values.max() <= 255:
+            return np.clip(values / 255.0, 0.0, 1.0), ()
+        if bit_depth is not None:
+            bits, note = bit_depth, None
+        else:
+            bits, note = detect_bit_depth(values, declared)
+        return np.clip(values / float(2**bits - 1), 0.0, 1.0), (note,) if note else ()
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
-        return _min_max(values)
+        return _min_max(values), ()
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         background.alpha_composite(image)
         image = background
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, ()
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
@@ -335,6 +384,46 @@ def read_mask(path: str | Path, size: tuple[int, int]) -> np.ndarray:
     return scan.pixels > 0.5
 
 
+# Bytes a run allocates per pixel of the padded square and per pixel of the image, fitting an image to the
+# model and writing its full-size outputs (measured peaks: 31-32 per square pixel for elongated images,
+# 94-110 per image pixel for square ones, with --reference reconstruction).
+BYTES_PER_SQUARE_PIXEL = 32
+BYTES_PER_IMAGE_PIXEL = 96
+MEMORY_SHARE = 0.5  # of the memory free when an image is fitted, so the run and the system keep room
+
+
+def working_bytes(height: int, width: int) -> int:
+    """The memory fitting an image of this size and writing its full-size outputs takes, about."""
+    side = max(height, width)
+    return BYTES_PER_SQUARE_PIXEL * side * side + BYTES_PER_IMAGE_PIXEL * height * width
+
+
+def free_memory() -> int | None:
+    """Bytes of memory available now (Linux' MemAvailable, else free pages), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(path: Path, height: int, width: int) -> None:
+    """Refuse an image whose padded square and full-size outputs would not fit in memory (before allocating)."""
+    needed, free = working_bytes(height, width), free_memory()
+    if free is not None and needed > MEMORY_SHARE * free:
+        raise InputError(
+            f"{path}: the image is {width}x{height} pixels; fitting it to the model (padded to a "
+            f"{max(height, width)}-pixel square) and writing its full-size outputs needs about {needed / 2**30:.1f} GiB "
+            f"of memory, more than half of the {free / 2**30:.1f} GiB free; crop or downscale it first."
+        )
+
+
 def pad_to_square(pixels: np.ndarray) -> tuple[np.ndarray, Padding]:
     """Pad with black (zero) on both sides of the short axis so the aspect ratio is kept."""
     height, width = pixels.shape[:2]
@@ -404,13 +493,6 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete what an atomic write killed mid-way (SIGKILL, power loss) left in ``folder`` and below."""
-    if folder.is_dir():
-        for stale in folder.rglob(".*.tmp"):
-            stale.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -1,8 +1,9 @@
 """Run manifests: versions, resolved recipe, seeds, input hashes and per-image status.
 
-Each image's outputs end with ``record.json`` (written last, atomically); the run's
-``manifest.json`` gathers them. A rerun into the same folder skips an image whose record matches
-its input hash and the recipe fingerprint and whose files are all present.
+Each image's outputs end with ``record.json`` (written last, atomically), which lists every file
+with its size and sha256; the run's ``manifest.json`` gathers them. A rerun into the same folder
+skips an image whose record matches its input hash and the recipe fingerprint (which covers the
+weights' content hashes) and whose files are all whole; a damaged file is made again.
 """
 
 from __future__ import annotations
@@ -42,15 +43,49 @@ def fingerprint(recipe: dict[str, Any], extra: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def is_complete(folder: Path, sha256: str, recipe_fingerprint: str) -> dict[str, Any] | None:
-    """The record of an image already done with this input and recipe, else None."""
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The record.json of an image (or file) folder, or None when there is none or it is damaged."""
     try:
         record = json.loads((folder / RECORD).read_text())
     except (OSError, ValueError):
         return None
-    if record.get("sha256") != sha256 or record.get("fingerprint") != recipe_fingerprint:
+    return record if isinstance(record, dict) else None
+
+
+def checksum(data: bytes) -> dict[str, Any]:
+    """What a record keeps of a written file to tell later that it is still whole."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def damaged_files(folder: Path, record: dict[str, Any], content: bool = True) -> list[str]:
+    """The files a record lists that are missing, or (``content``) differ in size or bytes from what was written.
+
+    A record without checksums (older dva, or a modality writer's own files) is checked for presence.
+    """
+    from dva.core.io import file_sha256
+
+    sums = record.get("checksums") or {} if content else {}
+    damaged = []
+    for name in record.get("files", []):
+        file, expected = folder / name, sums.get(name)
+        try:
+            if not file.is_file():
+                damaged.append(name)
+            elif expected and (file.stat().st_size != expected["bytes"] or file_sha256(file) != expected["sha256"]):
+                damaged.append(name)
+        except OSError:
+            damaged.append(name)
+    return damaged
+
+
+def is_complete(folder: Path, sha256: str, recipe_fingerprint: str) -> dict[str, Any] | None:
+    """The record of an image already done with this input and recipe whose files are all whole, else None."""
+    record = read_record(folder)
+    if record is None or record.get("sha256") != sha256 or record.get("fingerprint") != recipe_fingerprint:
         return None
-    if not all((folder / name).is_file() for name in record.get("files", [])):
+    if "checksums" not in record and "images" not in record:
+        return None  # an image record from before checksums: its files cannot be shown to be whole
+    if damaged_files(folder, record):
         return None
     return record
 
@@ -69,4 +104,5 @@ def write_manifest(out: Path, header: dict[str, Any], images: list[dict[str, Any
         "counts": counts,
         "images": images,
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
+    # allow_nan=False: a non-finite number must never reach a file as invalid JSON.
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")

@@ -54,6 +54,7 @@ class ScanInput:
     kind: str
     images: tuple[ScanImage, ...]
     context: Any = None
+    notes: tuple[str, ...] = ()  # what the reader assumed that the user should know (reported per image)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def read_input(spec: Any, path: str | Path, mask: str | Path | None = None, opti
     found = reader(path, **options)
     if isinstance(found, io.Scan):
         image_mask = io.read_mask(mask, found.size) if mask is not None else None
-        found = ScanInput(found.path, found.sha256, found.kind, (ScanImage(found.pixels, "", image_mask),))
+        found = ScanInput(found.path, found.sha256, found.kind, (ScanImage(found.pixels, "", image_mask),),
+                          notes=found.notes)
     return check_input(found, spec)
 
 
@@ -132,7 +134,7 @@ def check_input(found: Any, spec: Any) -> ScanInput:
                 raise broken(f"returned image {image.name!r} with a mask of shape {region.shape}, not {pixels.shape}")
             region = region.astype(bool, copy=False)
         images.append(ScanImage(pixels, image.name, region))
-    return ScanInput(found.path, found.sha256, found.kind, tuple(images), found.context)
+    return ScanInput(found.path, found.sha256, found.kind, tuple(images), found.context, tuple(found.notes))
 
 
 def call_writer(spec: Any, folder: Path, source: ScanInput, results: list[ImageResult]) -> list[str]:

@@ -5,7 +5,6 @@ UI-agnostic: progress is reported through callbacks, errors per image are record
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dva.core import attribution, io, manifest
+from dva.core import attribution, io, manifest, outputs, weights
 from dva.core.errors import ConfigError, InputError
 from dva.core.modality import ScanImage, ScanInput, load_result, read_input
 from dva.core.registry import Recipe
@@ -25,6 +24,11 @@ from dva.core.prefetch import prefetched
 from dva.core.shards import current_shard, gather
 
 MISSING_MASK = "--mask {mask}: no such file or folder; pass a mask image or a folder of masks named like the inputs."
+NO_MASK_FOR_INPUT = "no mask named like this input in {mask}: its map covers the whole image, not the lungs"
+# The parts of a model folder (or hub snapshot) whose files decide a run's outputs; the encoder's are its own.
+MODEL_PARTS = ("unet", "vae", "scheduler", "dva.json")
+NON_FINITE = ("{path}: the model produced non-finite values (NaN or infinity) for this image, so nothing was written "
+              "for it; the model's weights are likely broken (a training that diverged): check or retrain the model.")
 MANIFEST_INTERVAL_S = 15.0  # the manifest grows with the run; per-image record.json files make resuming exact
 
 
@@ -58,6 +62,7 @@ class ImageJob:
     seconds: float = 0.0
     name: str = ""  # the image's name within its file ("" when the file is one image)
     samples: int = 1  # counterfactuals averaged into this image's outputs (--samples)
+    warnings: list[str] = field(default_factory=list)  # what the user should know about this image's result
     group: InputGroup | None = field(default=None, repr=False)
 
     def release(self) -> None:
@@ -80,6 +85,8 @@ class ImageJob:
             found["image"] = self.name
         if self.samples > 1:
             found["samples"] = self.samples
+        if self.warnings:
+            found["warnings"] = list(self.warnings)
         return found
 
 
@@ -112,13 +119,23 @@ class RunResult:
 
 
 def output_keys(paths: list[Path], extensions: tuple[str, ...] = io.SUPPORTED_EXTENSIONS) -> list[str]:
-    """Output folder names: the input's name less its extension (``brain.nii.gz`` -> ``brain``), made
-    unique with a short path hash where they collide."""
-    stems = [io.strip_extension(p, extensions) for p in paths]
-    return [
-        stem if stems.count(stem) == 1 else f"{stem}-{hashlib.sha1(str(p).encode()).hexdigest()[:8]}"
-        for stem, p in zip(stems, paths)
-    ]
+    """Output folder names: the input's name less its extension (``brain.nii.gz`` -> ``brain``), made safe
+    (:func:`dva.core.outputs.safe_key`) and unique with a short path hash where they collide."""
+    keys = [outputs.safe_key(io.strip_extension(p, extensions), p) for p in paths]
+    folded = [key.lower() for key in keys]  # case-insensitive file systems (macOS, Windows) fold names
+    return [key if folded.count(key.lower()) == 1 else f"{key}-{outputs.path_tag(p)}" for key, p in zip(keys, paths)]
+
+
+def owned_by_another_input(folder: Path, path: Path, sha256: str) -> bool:
+    """Whether ``folder`` holds the outputs of another input file (other path and other content).
+
+    Two runs of same-named inputs into one --out would otherwise overwrite each other's outputs; the same
+    file moved (same content) or edited in place (same path) is the same input and reuses its folder.
+    """
+    record = manifest.read_record(folder)
+    if record is None or record.get("sha256") == sha256 or not record.get("input"):
+        return False
+    return Path(record["input"]).resolve() != path.resolve()
 
 
 def find_mask(mask: str | None, image: Path, extensions: tuple[str, ...] = io.SUPPORTED_EXTENSIONS) -> Path | None:
@@ -142,10 +159,17 @@ def fit(job: ImageJob, source: ScanInput, image: ScanImage, resolution: int) -> 
     job.sha256 = source.sha256
     job.name = image.name
     job.original_size = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
+    io.check_fits_in_memory(source.path, *job.original_size)
+    if image.mask is not None and not image.mask.any():
+        raise InputError(f"{job.mask_path or source.path}: the mask of {source.path.name} is empty (all zero), so its "
+                         "map would be all zero; use the mask made for this image.")
     job.model_image, job.padding = io.to_model_input(image.pixels, resolution)
     if image.mask is not None:
         job.mask = image.mask
         job.model_mask = io.to_model_input(image.mask.astype(np.float32), resolution, nearest=True)[0] > 0.5
+        if not job.model_mask.any():
+            raise InputError(f"{job.mask_path or source.path}: the mask of {source.path.name} covers less than one pixel "
+                             f"of the {resolution}-pixel model image, so its map would be all zero; check the mask.")
 
 
 def prepare(job: ImageJob, resolution: int, mask: str | None) -> None:
@@ -160,19 +184,26 @@ def prepare(job: ImageJob, resolution: int, mask: str | None) -> None:
 def expand(
     path: Path, key: str, modality: Any, options: dict[str, Any], resolution: int, mask: str | None
 ) -> tuple[ScanInput, list[ImageJob]]:
-    """Read one input with its modality into one job per image (``key`` or ``key/name``); raises InputError."""
+    """Read one input with its modality into one job per image (``key`` or ``key/name``); raises InputError.
+
+    What the user should know about an image's result (no mask found for it, an assumed bit depth)
+    goes into its job's warnings.
+    """
     mask_path = find_mask(mask, path, modality.extensions or io.SUPPORTED_EXTENSIONS)
     source = read_input(modality, path, mask_path, options)
+    notes = list(source.notes)
+    if mask is not None and mask_path is None:
+        notes.append(NO_MASK_FOR_INPUT.format(mask=mask))
     jobs = []
     for image in source.images:
-        job = ImageJob(path, f"{key}/{image.name}" if image.name else key, mask_path=mask_path)
+        job = ImageJob(path, f"{key}/{image.name}" if image.name else key, mask_path=mask_path, warnings=list(notes))
         fit(job, source, image, resolution)
         jobs.append(job)
     return source, jobs
 
 
-def write_outputs(folder: Path, job: ImageJob, generated: Generated) -> list[str]:
-    """Write every output of one image; returns the file names (relative to ``folder``).
+def write_outputs(folder: Path, job: ImageJob, generated: Generated) -> dict[str, dict[str, Any]]:
+    """Write every output of one image; returns each file's name (relative to ``folder``) with its checksum.
 
     With ``generated.uncertainty`` (``--samples`` above 1) the per-pixel standard deviation of the samples'
     maps is written as ``uncertainty.png`` (heatmap on the map's own scale, so the two compare by eye) and
@@ -213,8 +244,11 @@ def write_outputs(folder: Path, job: ImageJob, generated: Generated) -> list[str
         spread["uncertainty_fullsize"] = _inside(full_spread, job.mask)
         files["uncertainty.png"] = attribution.heatmap(spread["uncertainty"], scale)
         files["fullsize/uncertainty.png"] = attribution.heatmap(spread["uncertainty_fullsize"], scale)
+    written: dict[str, dict[str, Any]] = {}
     for name, array in files.items():
-        io.atomic_write_png(folder / name, array)
+        data = io.png_bytes(array)
+        io.atomic_write_bytes(folder / name, data)
+        written[name] = manifest.checksum(data)
     tensors = {"attribution": signed, "attribution_fullsize": full_signed.astype(np.float32), **spread}
     if job.model_mask is not None:
         tensors["mask"] = job.model_mask.astype(np.uint8)
@@ -228,8 +262,10 @@ def write_outputs(folder: Path, job: ImageJob, generated: Generated) -> list[str
             samples=str(job.samples),
             uncertainty="per-pixel standard deviation (ddof 1) of the samples' grayscale maps",
         )
-    io.atomic_write_bytes(folder / "attribution.safetensors", save_tensors(tensors, metadata=metadata))
-    return [*files, "attribution.safetensors"]
+    data = save_tensors(tensors, metadata=metadata)
+    io.atomic_write_bytes(folder / "attribution.safetensors", data)
+    written["attribution.safetensors"] = manifest.checksum(data)
+    return written
 
 
 def _inside(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -269,6 +305,26 @@ def run_header(recipe_dict: dict[str, Any], runtime: Any) -> dict[str, Any]:
         "samples": recipe_dict.get("samples", 1),
         "processes": 1,
     }
+
+
+def weights_used(runtime: Any) -> dict[str, Any]:
+    """The identity of every weight file the run loaded: the model's parts, a LoRA folder, the encoder's.
+
+    Content hashes (cached, so a large model is hashed once) or a hub commit: see :mod:`dva.core.weights`.
+    An encoder that does not say where its weights came from (a plugin's) is recorded as unknown.
+    """
+    cache = weights.HashCache.open()
+    source = runtime.source
+    found = {"model": weights.identify(source.location, MODEL_PARTS, runtime.recipe.revision, cache)}
+    if source.dva.get("lora_folder"):
+        found["lora"] = weights.identify(str(source.dva["lora_folder"]), (), None, cache)
+    encoder_sources = getattr(runtime.encoder, "weight_sources", None)
+    if not encoder_sources:
+        found["encoder"] = {"unknown": f"the '{runtime.encoder.name}' encoder does not say where its weights are"}
+    for role, (location, parts) in (encoder_sources or {}).items():
+        found[role] = weights.identify(location, parts, None, cache)
+    cache.save()
+    return found
 
 
 def write_group(out: Path, group: InputGroup, modality: Any, recipe_fingerprint: str) -> None:
@@ -314,11 +370,9 @@ def run(
     ``writer_threads``: threads writing outputs while the next batch samples, ``reader_threads``: threads
     reading the next inputs meanwhile (both default to 2 on an accelerator, 0 = inline on the CPU, where
     they would compete with torch for the same cores).
+
+    One run at a time writes into ``out`` (a lock file held by the first process); another is refused.
     """
-    import torch
-
-    from dva.core.runtime import assemble
-
     modality = catalogue.get("modality", recipe.modality)
     extensions = modality.extensions or io.SUPPORTED_EXTENSIONS
     files, missing = io.collect_inputs(inputs, exclude=[out], extensions=extensions)
@@ -328,21 +382,43 @@ def run(
         raise ConfigError(MISSING_MASK.format(mask=mask))  # before any model is loaded
     check_samples(recipe, catalogue)  # before any model is loaded
     shard = current_shard(recipe.device)
+    if not shard.is_main:  # the first process holds the folder for all of them
+        outputs.ensure_output_folder(out)
+        return _run(recipe, files, missing, out, catalogue, mask, shard, on_start, on_image, on_loaded,
+                    writer_threads, on_more, reader_threads)
+    with outputs.claimed(out):
+        return _run(recipe, files, missing, out, catalogue, mask, shard, on_start, on_image, on_loaded,
+                    writer_threads, on_more, reader_threads)
+
+
+def _run(recipe: Recipe, files: list[Path], missing: list[tuple[Path, str]], out: Path, catalogue: Any,
+         mask: str | None, shard: Any, on_start: Callable[[int], None], on_image: Callable[[ImageJob], None],
+         on_loaded: Callable[[Any], None], writer_threads: int | None, on_more: Callable[[int], None],
+         reader_threads: int | None) -> RunResult:
+    """:func:`run` once the output folder is held: load, generate, write, report."""
+    import torch
+
+    from dva.core.runtime import assemble
+
+    modality = catalogue.get("modality", recipe.modality)
+    extensions = modality.extensions or io.SUPPORTED_EXTENSIONS
     keys = output_keys(files, extensions)
     position = {key: index for index, key in enumerate(keys)}
     failed_paths = [ImageJob(path, path.name, "failed", message) for path, message in missing] if shard.is_main else []
     runtime = assemble(recipe, catalogue)
     on_loaded(runtime)
-    out.mkdir(parents=True, exist_ok=True)
     positive, negative = runtime.prompt_embeddings()
     recipe_dict = recipe.to_dict()
     header = run_header(recipe_dict, runtime)
+    header["weights"] = weights_used(runtime)
     # Keys at their defaults leave the fingerprints of runs made before they existed unchanged.
     recipe_dict = {key: value for key, value in recipe_dict.items()
-                   if (key, value) not in (("samples", 1), ("reference", "input"))}
+                   if (key, value) not in (("samples", 1), ("reference", "input"), ("revision", None))}
     recipe_fingerprint = manifest.fingerprint(
-        recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type, "prompt": runtime.prompt}
+        recipe_dict, {"dtype": header["dtype"], "device": runtime.device.type, "prompt": runtime.prompt,
+                      "weights": weights.digest(header["weights"])}
     )
+    header["fingerprint"] = recipe_fingerprint
     header["processes"] = shard.count
     result = RunResult(out, list(failed_paths), header)
     mine = shard.take(list(zip(files, keys)))
@@ -361,6 +437,9 @@ def run(
             return
         all_skipped = all(j.status == "skipped" for j in group.jobs)
         try:
+            if any(j.status == "failed" for j in group.jobs):
+                raise InputError(f"{group.source.path}: an image of this file failed, so the file's own outputs "
+                                 "were not written; fix the cause and rerun to resume.")
             if not (all_skipped and manifest.is_complete(out / group.key, group.source.sha256, recipe_fingerprint)):
                 write_group(out, group, modality, recipe_fingerprint)
         except InputError as error:
@@ -388,7 +467,10 @@ def run(
         """The manifest so far (one process only; several processes merge theirs at the end)."""
         nonlocal last_manifest
         if shard.count == 1 and (force or time.monotonic() - last_manifest > MANIFEST_INTERVAL_S):
-            manifest.write_manifest(out, header, [j.summary() for j in result.jobs])
+            try:
+                manifest.write_manifest(out, header, [j.summary() for j in result.jobs])
+            except OSError as error:
+                raise ConfigError(cannot_write(out / manifest.MANIFEST, out, error)) from error
             last_manifest = time.monotonic()
 
     def flush() -> None:
@@ -417,13 +499,18 @@ def run(
         share = (time.perf_counter() - started) / len(pending)
         for index, job in enumerate(pending):
             job.seconds += share
+            own = slice(index * samples, (index + 1) * samples)
+            if not (np.isfinite(counterfactuals[own]).all() and (references is None or np.isfinite(references[own]).all())):
+                job.status, job.error = "failed", NON_FINITE.format(path=job.path)
+                job.release()
+                finished(job)
+                continue
             condition = None if conditions is None else conditions[index]
             if samples == 1:
                 writer.submit(job, Generated(counterfactuals[index], condition,
                                              reference=None if references is None else references[index]))
                 continue
             job.samples = samples
-            own = slice(index * samples, (index + 1) * samples)
             mean, reference, spread = attribution.combine_samples(
                 counterfactuals[own], None if references is None else references[own]
             )
@@ -431,11 +518,23 @@ def run(
         pending.clear()
         save_manifest()
 
-    def read(item: tuple[Path, str]) -> tuple[ScanInput, list[ImageJob], float]:
+    def read(item: tuple[Path, str]) -> tuple[ScanInput, list[ImageJob], float, str]:
         started = time.perf_counter()
-        source, jobs = expand(*item, modality, recipe.modality_options, runtime.resolution, mask)
-        return source, jobs, time.perf_counter() - started
+        path, key = item
+        source, jobs = expand(path, key, modality, recipe.modality_options, runtime.resolution, mask)
+        taken = next((folder for folder in (out / key, out / jobs[0].key)
+                      if owned_by_another_input(folder, path, source.sha256)), None)
+        if taken is not None:  # a same-named input of an earlier run keeps its outputs; this one goes beside them
+            own_key = f"{key}-{outputs.path_tag(path)}"
+            for job in jobs:
+                job.key = own_key + job.key[len(key):]
+                job.warnings.append(f"{taken} holds the outputs of another input of the same name, so this "
+                                    f"input's outputs are in {out / own_key}")
+            key = own_key
+        return source, jobs, time.perf_counter() - started, key
 
+    completed = False
+    save_manifest(force=True)  # from the start, so an interrupted run always leaves one
     try:
         for (path, key), outcome in prefetched(mine, read, reader_threads, depth=max(8, 2 * images_per_call)):
             if isinstance(outcome, InputError):
@@ -443,7 +542,7 @@ def run(
                 result.jobs.append(failed)
                 on_image(failed)
                 continue
-            source, jobs, seconds = outcome
+            source, jobs, seconds, key = outcome
             result.jobs.extend(jobs)
             if len(jobs) > 1:
                 on_more(len(jobs) - 1)
@@ -461,9 +560,16 @@ def run(
                     flush()
         flush()
         writer.drain()
+        completed = True
     finally:
         writer.close()
-        save_manifest(force=True)
+        try:
+            save_manifest(force=True)
+        except ConfigError:
+            if completed:
+                raise
+            # Another error is on its way out (a full disk, an interrupt): it is the one to report, and
+            # the last manifest written stays in place.
     from dva.core.report import write_report
 
     summaries = [job.summary() for job in result.jobs]
@@ -475,9 +581,19 @@ def run(
             return result
         header["images_per_process"] = [sum(item[2] == rank for item in everything) for rank in range(shard.count)]
         summaries = result.merged = [item[3] for item in sorted(everything, key=lambda item: item[:2])]
-        manifest.write_manifest(out, header, summaries)
-    result.report = write_report(out, header, summaries)
+    try:
+        if shard.count > 1:
+            manifest.write_manifest(out, header, summaries)
+        result.report = write_report(out, header, summaries)
+    except OSError as error:
+        raise ConfigError(cannot_write(Path(error.filename or out), out, error)) from error
     return result
+
+
+def cannot_write(file: Path, out: Path, error: OSError) -> str:
+    """The sentence for an output that could not be written: which file, why, and what to do."""
+    return (f"Cannot write {file} ({error.strerror or error}); free some space or choose another --out, "
+            f"then rerun to resume (completed images in {out} are kept).")
 
 
 def check_samples(recipe: Recipe, catalogue: Any) -> None:
@@ -526,21 +642,31 @@ class OutputWriter:
     def _write(self, job: ImageJob, generated: Generated) -> None:
         started = time.perf_counter()
         folder = self.out / job.key
-        io.remove_stale_temporaries(folder)  # this image's folder is this process's alone while it writes
+        if not outputs.inside(folder, self.out):
+            raise InputError(f"{job.path}: its output folder {job.key!r} would lie outside {self.out}; rename the input.")
+        # This image's folder is this process's alone while it writes. Its old record goes first, so an
+        # interruption leaves a folder that is redone, never one that mixes two runs' files.
+        previous = manifest.read_record(folder) or {}
+        (folder / manifest.RECORD).unlink(missing_ok=True)
+        outputs.remove_stale_temporaries(folder, self.out)
         written = write_outputs(folder, job, generated)
+        outputs.remove_stale_outputs(folder, set(written), [str(name) for name in previous.get("files", [])])
         job.seconds += time.perf_counter() - started
-        record = {**job.summary(), "status": "done", "fingerprint": self.fingerprint, "files": written}
+        record = {**job.summary(), "status": "done", "fingerprint": self.fingerprint, "files": list(written),
+                  "checksums": written}
         manifest.write_record(folder, record)
 
     def _finish_oldest(self) -> None:
         job, future = self.pending.popleft()
         try:
             future.result()
+        except InputError as error:
+            job.status, job.error = "failed", str(error)
+            job.release()
+            self.on_done(job)
+            return
         except OSError as error:
-            raise ConfigError(
-                f"Cannot write the outputs of {job.path.name} to {self.out} ({error.strerror or error}); "
-                "free some space or choose another --out, then rerun to resume."
-            ) from error
+            raise ConfigError(cannot_write(Path(error.filename or self.out / job.key), self.out, error)) from error
         job.status = "done"
         job.release()
         self.on_done(job)

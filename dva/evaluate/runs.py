@@ -11,6 +11,7 @@ import numpy as np
 
 from dva.core.errors import ConfigError
 from dva.core.io import Padding
+from dva.core.manifest import MANIFEST, RECORD, damaged_files, read_record
 from dva.datasets import LabelledDataset, Sample
 
 
@@ -58,16 +59,29 @@ class RunOutputs:
 
 
 def read_run(folder: str | Path) -> RunOutputs:
-    """The completed images of a ``dva run`` output folder, from its manifest."""
+    """The completed images of a ``dva run`` output folder.
+
+    Every image folder whose record.json has the run's fingerprint and whose files are whole counts,
+    however it got there: made by the last invocation, resumed from an earlier one (listed as
+    "skipped" in the manifest), or finished before an interruption that the manifest never saw.
+    Images of other settings in the same folder are left out; images missing files are left out and counted.
+    """
     folder = Path(folder)
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
+    manifest_file = folder / MANIFEST
+    if not manifest_file.is_file():
         raise ConfigError(f"{folder}: not a dva run folder (no manifest.json); pass the --out folder of a dva run.")
     try:
-        header = json.loads(manifest.read_text())
-        records = header.pop("images")
-    except (ValueError, KeyError) as error:
-        raise ConfigError(f"{manifest}: unreadable manifest ({error}); rerun dva run into this folder.") from None
+        header = json.loads(manifest_file.read_text())
+        listed = header.pop("images")
+    except (ValueError, KeyError, AttributeError) as error:
+        raise ConfigError(f"{manifest_file}: unreadable manifest ({error}); rerun dva run into this folder.") from None
+    fingerprint = header.get("fingerprint")
+    if fingerprint is None:  # a manifest of an older dva: its own list is all there is
+        records = [record for record in listed if record.get("status") in ("done", "skipped")]
+        failed = len(listed) - len(records)
+    else:
+        records, failed = _completed_records(folder, fingerprint)
+        failed += sum(record.get("status") == "failed" for record in listed)
     prompt = header.get("prompt") or ""
     images = [
         GeneratedImage(
@@ -80,11 +94,28 @@ def read_run(folder: str | Path) -> RunOutputs:
             mask=Path(record["mask"]) if record.get("mask") else None,
         )
         for record in records
-        if record.get("status") == "done"
     ]
     if not images:
         raise ConfigError(f"{folder}: the run has no completed images; finish it with dva run first.")
-    return RunOutputs(folder, header, images, failed=len(records) - len(images))
+    return RunOutputs(folder, header, images, failed=failed)
+
+
+def _completed_records(folder: Path, fingerprint: str) -> tuple[list[dict[str, Any]], int]:
+    """The image records under ``folder`` made with ``fingerprint`` whose files are all there, in output order,
+    and how many such records miss files. (Contents are not checked here: a map edited on purpose is the
+    user's to evaluate, and a damaged file fails with its name when it is read.)"""
+    records, damaged = [], 0
+    for file in sorted(folder.rglob(RECORD)):
+        record = read_record(file.parent)
+        if record is None or "images" in record:  # unreadable, or a file's own record (modality writer)
+            continue
+        if record.get("status") != "done" or record.get("fingerprint") != fingerprint:
+            continue
+        if damaged_files(file.parent, record, content=False):
+            damaged += 1
+            continue
+        records.append(record)
+    return sorted(records, key=lambda record: record["output"]), damaged
 
 
 @dataclass(frozen=True)

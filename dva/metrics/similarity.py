@@ -80,7 +80,7 @@ def to_intensity(image: np.ndarray | Image.Image) -> np.ndarray:
     if isinstance(image, Image.Image):
         from dva.core.io import _to_gray
 
-        return _to_gray(image)
+        return _to_gray(image)[0]
     array = np.asarray(image)
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
         raise InputError(f"An image must be (height, width) or (height, width, 1, 3 or 4 channels) but has shape "
