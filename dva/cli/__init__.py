@@ -5,13 +5,15 @@ Subcommands are imported only when invoked, so ``dva --help`` and ``dva plugins`
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 from typing import Any
 
 import click
 
-from dva.core.errors import DvaError
+from dva.core.errors import ConfigError, DvaError
+from dva.core.pickles import RefusedPickle, refused_pickle
 
 SUBCOMMANDS = {
     "run": ("dva.cli.run", "run"),
@@ -67,6 +69,35 @@ def _add_plugin_commands() -> None:
             _PLUGIN_COMMANDS.add(name)
 
 
+ENVIRONMENT_ERRORS = {
+    errno.EACCES: "no permission to use {path}; fix its permissions, or choose a location you can write to.",
+    errno.EPERM: "no permission to use {path}; fix its permissions, or choose a location you can write to.",
+    errno.EROFS: "{path} is on a read-only file system; choose a writable location (e.g. another --out).",
+    errno.ENOSPC: "no space left on the disk to write {path}; free some space, or choose another --out.",
+    errno.EDQUOT: "the disk quota is used up, so {path} cannot be written; free some space, or choose another --out.",
+    errno.ENOTDIR: "part of {path} is a file, not a folder; choose another path.",
+}
+
+
+def _user_error(error: Exception) -> DvaError | None:
+    """The sentence for an error the user can fix, or None for a bug.
+
+    That is dva's own errors; a weights file torch refused to unpickle (its message, which advises
+    ``weights_only=False``, is never shown); and an OSError of the user's machine that names its
+    file: no permission, a read-only file system, a full disk, a file where a folder should be. Any
+    other OSError (a file that vanished, say) may be dva's bug and stays unexpected.
+    """
+    refusal = refused_pickle(error)
+    if refusal is not None:
+        return refusal
+    if isinstance(error, DvaError):
+        return error
+    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRORS and error.filename is not None:
+        sentence = ENVIRONMENT_ERRORS[error.errno].format(path=error.filename)
+        return ConfigError(sentence[0].upper() + sentence[1:])
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear sentence per error, exit 2 for usage/config, 1 for failed inputs."""
     from rich.console import Console
@@ -84,21 +115,22 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except DvaError as error:
-        if debug:
-            console.print_exception()
-        console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         console.print("[red]Interrupted.[/] Rerun the same command to resume; completed images are kept.", soft_wrap=True)
         sys.exit(130)
-    except Exception as error:  # an unexpected bug: still one sentence unless --debug
-        if debug:
-            raise
-        console.print(
-            f"[bold red]Unexpected error:[/] {type(error).__name__}: {error}. Rerun with --debug for the traceback "
-            "and report it.",
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(3)
+    except Exception as error:
+        known = _user_error(error)
+        if known is None:  # an unexpected bug: still one sentence unless --debug
+            if debug:
+                raise
+            console.print(
+                f"[bold red]Unexpected error:[/] {type(error).__name__}: {error}. Rerun with --debug for the traceback "
+                "and report it.",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(3)
+        if debug and not isinstance(known, RefusedPickle):
+            console.print_exception()
+        console.print(f"[bold red]Error:[/] {known}", highlight=False, soft_wrap=True)
+        sys.exit(known.exit_code)

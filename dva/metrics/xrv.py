@@ -7,12 +7,14 @@ dict of its weights are present locally.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from dva.core.errors import ConfigError
+from dva.core.pickles import refused_pickle
 
 XRV_SIZE = 224
 XRV_RANGE = 1024.0  # torchxrayvision expects intensities in [-1024, 1024]
@@ -27,7 +29,13 @@ def load_state_dict(path: str | Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's text advises unsafe loading: say what dva refused instead
+        refusal = refused_pickle(error, "xrv-fid")
+        if refusal is None:
+            raise
+        raise refusal from error
 
 
 class XrvFeatures:
