@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from safetensors.torch import load_file, save_file
 
 from dva.core.errors import ConfigError
 from dva.core.io import atomic_write_text
-from dva.core.pickles import refused_pickle
 from dva.core.pickles import refused_pickle
 
 log = logging.getLogger("dva")
@@ -134,11 +132,6 @@ class TextEncoder(torch.nn.Module):
                 f"Cannot load the {spec.name} encoder from '{source}' ({_short(error)}); pass a local folder "
                 "with --encoder-path, or connect to the model hub."
             ) from error
-        except pickle.UnpicklingError as error:  # torch refused a pickled weights file; its text advises unsafe loading
-            refusal = refused_pickle(error, f"the {spec.name} encoder in '{source}'")
-            if refusal is None:
-                raise
-            raise refusal from error
         except pickle.UnpicklingError as error:  # torch refused a pickled weights file; its text advises unsafe loading
             refusal = refused_pickle(error, f"the {spec.name} encoder in '{source}'")
             if refusal is None:
