@@ -30,21 +30,21 @@ import torch
 from safetensors.torch import save_file
 
 from dva.core.errors import ConfigError
-from dva.finetune import checkpoints
+from dva.finetune import checkpoints, safety
 from dva.finetune.dreambooth import (
     LOG_FILE,
     FinetuneConfig,
     TrainingData,
     _load_parts,
-    check_lesion_masks,
     _loss,
     _save_model,
     make_accelerator,
     model_resolution,
+    preflight,
     prepare_caches,
 )
 from dva.finetune.schedule import format_schedule, phase_at, total_steps
-from dva.finetune.validation import TrainingLog, Validator, validation_files
+from dva.finetune.validation import TrainingLog, Validator
 
 STRATEGY = "textual-inversion"
 EMBEDS_FILE = "learned_embeds.safetensors"
@@ -135,7 +135,6 @@ def train(
     from diffusers.optimization import get_scheduler
 
     from dva.core.model_folder import DVA_JSON, write_dva_json
-    from dva.datasets.layouts import check_dataset, open_dataset
 
     if config.use_sample_prompts:
         raise ConfigError("--use-sample-prompts: textual inversion learns one token per class from the class prompt; drop the flag.")
@@ -150,11 +149,10 @@ def train(
     labels = list(dict.fromkeys(phase.label for phase in phases))
     placeholders = {label: placeholder_for(config, label) for label in labels}
     prompts = {label: class_prompt(config, label, placeholders[label]) for label in labels}
-    dataset = open_dataset(config.data, config.layout, catalogue=catalogue)
-    check_dataset(dataset, classes=labels)
-    check_lesion_masks(config, dataset, labels)
-    validation = validation_files(config)
+    dataset, _, validation = preflight(config, catalogue, labels, prior_preservation=False)
     accelerator = make_accelerator(config)
+    settings = checkpoints.training_settings(config, STRATEGY, accelerator.num_processes)
+    resume_plan = checkpoints.plan_resume(config, settings)
     device = accelerator.device
     source, unet, vae, scheduler_config, encoder = _load_parts(config, catalogue, device)
     new_ids = add_placeholders(encoder, placeholders, config.initializer_token)
@@ -182,20 +180,51 @@ def train(
     embedding = raw_encoder.model.get_input_embeddings().weight
 
     total = total_steps(phases)
-    start = 0
     out.mkdir(parents=True, exist_ok=True)
-    if config.resume:
-        found = checkpoints.find_checkpoint(out / "checkpoints", config.resume)
-        if found is not None:
-            state = checkpoints.read_state(found)
-            if state.get("placeholders", placeholders) != placeholders:
-                raise ConfigError(f"--resume {found}: learned placeholders {state['placeholders']}, not {placeholders}.")
-            accelerator.load_state(str(found))
-            start = int(state["step"])
+    if resume_plan.checkpoint is not None:
+        learned = checkpoints.read_state(resume_plan.checkpoint).get("placeholders", placeholders)
+        if learned != placeholders:  # other tokens: their embedding rows cannot carry over, whatever the flags
+            raise ConfigError(f"--resume {resume_plan.checkpoint}: learned placeholders {learned}, not {placeholders}.")
+    start = checkpoints.load(accelerator, resume_plan, optimizer, lr_scheduler, config.learning_rate)
     prepare_caches(config, data, None, vae, raw_encoder, device, labels, accelerator.autocast)  # the encoder trains
     log = TrainingLog(out / LOG_FILE, accelerator.is_main_process, start)
     validator = Validator(run_config, validation, resolution, scheduler_config, out, accelerator.is_main_process)
     started = time.perf_counter()
+    try:
+        _train_steps(config, run_config, accelerator, phases, start, out, data, unet, encoder, raw_encoder, vae,
+                     noise_scheduler, device, embedding, original, frozen_rows, optimizer, lr_scheduler, validator, log,
+                     on_step, resume_plan.state(settings, placeholders=placeholders), started)
+    finally:
+        log.close()
+    safety.check_weights([raw_encoder], total, config, out, "the model")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save_model(run_config, unet, vae, scheduler_config, raw_encoder, dataset, source, out, accelerator.num_processes)
+        learned = {token: embedding[token_id].detach().to("cpu", torch.float32).clone().contiguous()
+                   for token, token_id in zip(placeholders.values(), new_ids)}
+        save_file(learned, str(out / EMBEDS_FILE))
+        info = json.loads((out / DVA_JSON).read_text())
+        for key in ("format", "format_version"):
+            info.pop(key, None)
+        settings_used = dataclasses.asdict(dataclasses.replace(config, prior_weight=0.0))  # none: the UNet is frozen
+        settings_used["schedule"] = format_schedule(phases)
+        history = resume_plan.settings_history(settings, total)
+        info.update(strategy=STRATEGY, placeholders=placeholders, initializer_token=config.initializer_token,
+                    learned_embeddings=EMBEDS_FILE, settings=settings_used, **({"settings_history": history} if history else {}))
+        write_dva_json(out, **info)
+    accelerator.wait_for_everyone()
+    return out
+
+
+def _train_steps(config: FinetuneConfig, run_config: FinetuneConfig, accelerator: Any, phases: list, start: int,
+                 out: Path, data: Any, unet: Any, encoder: Any, raw_encoder: Any, vae: Any, noise_scheduler: Any,
+                 device: Any, embedding: torch.Tensor, original: torch.Tensor, frozen_rows: torch.Tensor,
+                 optimizer: Any, lr_scheduler: Any, validator: Any, log: Any,
+                 on_step: Callable[[int, int, str, float], None], checkpoint_state: dict[str, Any],
+                 started: float) -> None:
+    """The optimizer steps from ``start`` to the schedule's end: only the placeholder rows change; a non-finite
+    loss or gradient norm stops the run, and a checkpoint is written only with finite weights."""
+    total = total_steps(phases)
     for step in range(start, total):
         phase = phase_at(phases, step)
         losses = []
@@ -203,12 +232,14 @@ def train(
             with accelerator.accumulate(encoder), accelerator.autocast():
                 loss = _loss(run_config, step, micro, accelerator, phase, data, None, unet, encoder, raw_encoder,
                              vae, noise_scheduler, device, torch.float32)
+                safety.check_loss(accelerator, loss, step + 1, phase.label, config, out)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     if embedding.grad is not None:
                         embedding.grad[frozen_rows] = 0
-                    if config.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_([embedding], config.max_grad_norm)
+                    norm = (accelerator.clip_grad_norm_([embedding], config.max_grad_norm) if config.max_grad_norm > 0
+                            else safety.gradient_norm([embedding]))
+                    safety.check_gradient_norm(norm, step + 1, phase.label, config, out)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
@@ -221,25 +252,6 @@ def train(
             validator(step + 1, unet, raw_encoder, vae, accelerator.autocast)
         on_step(step + 1, total, phase.label, value)
         if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
-            checkpoints.save_checkpoint(
-                accelerator, out / "checkpoints", step + 1,
-                {"schedule": format_schedule(phases), "strategy": STRATEGY, "placeholders": placeholders},
-                config.keep_checkpoints,
-            )
-    log.close()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _save_model(run_config, unet, vae, scheduler_config, raw_encoder, dataset, source, out, accelerator.num_processes)
-        learned = {token: embedding[token_id].detach().to("cpu", torch.float32).clone().contiguous()
-                   for token, token_id in zip(placeholders.values(), new_ids)}
-        save_file(learned, str(out / EMBEDS_FILE))
-        info = json.loads((out / DVA_JSON).read_text())
-        for key in ("format", "format_version"):
-            info.pop(key, None)
-        settings = dataclasses.asdict(config)
-        settings["schedule"] = format_schedule(phases)
-        info.update(strategy=STRATEGY, placeholders=placeholders, initializer_token=config.initializer_token,
-                    learned_embeddings=EMBEDS_FILE, settings=settings)
-        write_dva_json(out, **info)
-    accelerator.wait_for_everyone()
-    return out
+            safety.check_weights([raw_encoder], step + 1, config, out, f"checkpoint step {step + 1}")
+            checkpoints.save_checkpoint(accelerator, out / "checkpoints", step + 1, checkpoint_state,
+                                        config.keep_checkpoints)

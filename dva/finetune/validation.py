@@ -31,7 +31,13 @@ VALIDATION_SEED = 1234
 
 class TrainingLog:
     """``train_log.csv`` (step, class, loss, lr, seconds) and, when ``torch.utils.tensorboard`` imports, the
-    loss and learning rate as TensorBoard scalars in ``OUT/tensorboard``. Writes only on the main process."""
+    loss and learning rate as TensorBoard scalars in ``OUT/tensorboard``. Writes only on the main process.
+
+    A run resumed from step ``start`` keeps the logged rows up to that step and drops the later ones (steps the
+    interrupted run took after its last checkpoint, which the resumed run takes again), so each step is logged once.
+    """
+
+    HEADER = "step,class,loss,lr,seconds\n"
 
     def __init__(self, path: Path, main_process: bool, start: int) -> None:
         self.path = path
@@ -39,14 +45,27 @@ class TrainingLog:
         self.writer: Any = None
         if not main_process:
             return
-        if start == 0:
-            path.write_text("step,class,loss,lr,seconds\n")
+        kept = self._rows_up_to(start) if start > 0 else []
+        io.atomic_write_text(path, self.HEADER + "".join(kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(path.parent / TENSORBOARD_FOLDER))
         except Exception:  # tensorboard not installed (or broken): the CSV alone
             self.writer = None
+
+    def _rows_up_to(self, start: int) -> list[str]:
+        """The logged rows of steps 1..start (an absent or unreadable log keeps none)."""
+        try:
+            lines = self.path.read_text().splitlines(keepends=True)[1:]
+        except (OSError, UnicodeDecodeError):
+            return []
+        kept = []
+        for line in lines:
+            step, _, _ = line.partition(",")
+            if step.strip().isdigit() and int(step) <= start:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        return kept
 
     def write(self, step: int, label: str, loss: float, lr: float, seconds: float) -> None:
         if not self.main:
