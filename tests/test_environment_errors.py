@@ -188,40 +188,77 @@ def test_dva_never_loads_a_pickle_unsafely_nor_runs_a_model_repository_code():
 # -- the user's machine: permissions, read-only or full disks, files in the way ---------------------
 
 
-def test_an_output_folder_under_a_file_is_one_sentence(tmp_path, capsys):
-    (tmp_path / "notes.txt").write_text("not a folder\n")
-    code, _, err = dva(capsys, "phantoms", "--out", tmp_path / "notes.txt" / "phantoms", "--n", 1, "--size", 32)
-    assert code == 2 and "is a file, not a folder" in one_sentence(err)
+OUT_PROBLEMS = {
+    "under a file": None,
+    "read-only": errno.EROFS,
+    "disk full": errno.ENOSPC,
+    "no permission": errno.EACCES,
+}
+SAYS = {"under a file": "is a file", "read-only": "read-only", "disk full": "full", "no permission": "permission"}
 
 
-@pytest.mark.parametrize(
-    "number, says",
-    [
-        (errno.EROFS, "is on a read-only file system"),
-        (errno.ENOSPC, "no space left on the disk"),
-        (errno.EACCES, "no permission to use"),
-    ],
-    ids=["read-only", "disk full", "no permission"],
-)
-def test_an_output_folder_that_cannot_be_written_is_one_sentence(number, says, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "phantoms"
+def unwritable(case: str, out: Path, monkeypatch) -> Path:
+    """Make ``out`` impossible to create, as ``case`` says; returns the folder to pass as --out."""
+    if OUT_PROBLEMS[case] is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        (out.parent / "notes.txt").write_text("not a folder\n")
+        return out.parent / "notes.txt" / out.name
 
     def refuse(path, *args, **kwargs):
-        raise OSError(number, os.strerror(number), str(path))
+        raise OSError(OUT_PROBLEMS[case], os.strerror(OUT_PROBLEMS[case]), str(path))
 
     monkeypatch.setattr(Path, "mkdir", refuse)
+    return out
+
+
+@pytest.mark.parametrize("case", OUT_PROBLEMS)
+def test_dva_phantoms_into_a_folder_it_cannot_make_is_one_sentence(case, tmp_path, capsys, monkeypatch):
+    out = unwritable(case, tmp_path / "phantoms", monkeypatch)
     code, _, err = dva(capsys, "phantoms", "--out", out, "--n", 1, "--size", 32)
-    assert code == 2 and says in one_sentence(err).lower() and str(out) in err
+    line = one_sentence(err)
+    assert code == 2 and f"--out {out}" in line and SAYS[case] in line
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """The output folder of a finished one-image dva run on a tiny model."""
+    from PIL import Image
+
+    from dva.cli import main
+    from dva.testing.tiny import make_tiny_sd
+    from tests.conftest import chest_like
+
+    root = tmp_path_factory.mktemp("finished-run")
+    Image.fromarray(chest_like(64, 0)).save(root / "scan.png")
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(root / "scan.png"), "--model", str(make_tiny_sd(root / "model")), "--steps", "2",
+              "--out", str(root / "out")])
+    assert done.value.code == 0
+    return root / "out"
+
+
+@pytest.mark.parametrize("case", ["under a file", "read-only"])
+def test_dva_evaluate_refuses_an_out_it_cannot_make_before_evaluating(case, finished_run, tmp_path, capsys, monkeypatch):
+    import dva.evaluate.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated first"))
+    out = unwritable(case, tmp_path / "tables", monkeypatch)
+    code, _, err = dva(capsys, "evaluate", "--generated", finished_run, "--out", out)
+    line = one_sentence(err)
+    assert code == 2 and f"--out {out}" in line and SAYS[case] in line
 
 
 @pytest.mark.parametrize(
     "error, code",
     [
         (PermissionError(errno.EACCES, "Permission denied", "/srv/scans/scan.png"), 2),
+        (OSError(errno.EROFS, "Read-only file system", "/mnt/archive/out/report.html"), 2),
+        (OSError(errno.ENOSPC, "No space left on device", "/scratch/out/scan/overlay.png"), 2),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory", "/data/notes.txt/out"), 2),
         (OSError(errno.ENOSPC, "No space left on device"), 3),  # names no file: could be anything
         (FileNotFoundError(errno.ENOENT, "No such file or directory", "/tmp/dva-internal"), 3),  # may be dva's bug
     ],
-    ids=["permission", "no file named", "missing file"],
+    ids=["permission", "read-only", "disk full", "file in the way", "no file named", "missing file"],
 )
 def test_only_environment_errors_that_name_their_file_become_sentences(error, code, dva_plugins, capsys):
     def register_commands(cli):
@@ -233,5 +270,8 @@ def test_only_environment_errors_that_name_their_file_become_sentences(error, co
     failing.register_commands = hookimpl(register_commands)
     dva_plugins(failing)
     status, _, err = dva(capsys, "fail")
-    assert status == code
-    assert ("Unexpected error" in err) == (code == 3) and "Traceback" not in err
+    assert status == code and "Traceback" not in err
+    if code == 2:
+        assert error.filename in one_sentence(err)
+    else:
+        assert "Unexpected error" in err

@@ -81,6 +81,7 @@ def evaluate(ctx: click.Context, real: str | None, generated: tuple[str, ...], m
                           "or: dva evaluate fid FOLDER_A FOLDER_B.")
     from rich.console import Console
 
+    from dva.core.outputs import ensure_output_folder
     from dva.core.plugins import get_catalogue
     from dva.datasets.layouts import open_dataset
     from dva.evaluate.evaluation import Settings, evaluate as run_evaluation, write_evaluation
@@ -97,9 +98,10 @@ def evaluate(ctx: click.Context, real: str | None, generated: tuple[str, ...], m
     settings = Settings(names, options, healthy_class, induced, within_lungs, device, cache_dir)
     runs = [read_run(folder) for folder in generated]
     dataset = open_dataset(real, layout, catalogue) if real else None
+    target = Path(out) if out else Path(generated[0]) / "evaluation"
+    ensure_output_folder(target, "--out" if out else "the evaluation folder")
     with rich_progress() as progress:
         result = run_evaluation(dataset, runs, settings, catalogue, progress)
-    target = Path(out) if out else Path(generated[0]) / "evaluation"
     written = write_evaluation(target, result)
     console = Console(soft_wrap=True)
     for note in result.notes:
