@@ -127,7 +127,8 @@ def test_effective_denoising_steps_follow_diffusers(catalogue, tiny_sd, images, 
 
 def test_dva_model_folder_brings_its_own_encoder(catalogue, tiny_radbert_model, images, tmp_path):
     result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_radbert_model))
-    assert result.header["encoder"] == {"name": "radbert", "family": "bert", "projection": None}
+    assert result.header["encoder"] == {"name": "radbert", "family": "bert", "projection": None,
+                                        "source": f"{tiny_radbert_model}/text_encoder"}
     assert "RANDOM weights" in result.header["model_note"]
 
 
