@@ -73,7 +73,7 @@ ENVIRONMENT_ERRORS = {
     errno.EACCES: "no permission to use {path}; fix its permissions, or choose a location you can write to.",
     errno.EPERM: "no permission to use {path}; fix its permissions, or choose a location you can write to.",
     errno.EROFS: "{path} is on a read-only file system; choose a writable location (e.g. another --out).",
-    errno.ENOSPC: "no space left on the disk to write {path}; free some space, or choose another --out.",
+    errno.ENOSPC: "the disk is full, so {path} cannot be written; free some space, or choose another --out.",
     errno.EDQUOT: "the disk quota is used up, so {path} cannot be written; free some space, or choose another --out.",
     errno.ENOTDIR: "part of {path} is a file, not a folder; choose another path.",
 }

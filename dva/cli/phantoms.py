@@ -39,10 +39,8 @@ def phantoms(out: str, n: int, size: int, seed: int, classes: str) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from dva.core.outputs import ensure_output_folder
     from dva.datasets.phantoms import make_phantoms
 
-    ensure_output_folder(Path(out))
     started = time.perf_counter()
     root = make_phantoms(Path(out), n=n, size=size, seed=seed, classes=classes.split(","))
     elapsed = time.perf_counter() - started
