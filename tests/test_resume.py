@@ -1,4 +1,5 @@
-"""A dva run killed part-way (SIGKILL, no clean-up) resumes to the outputs of an uninterrupted run."""
+"""A dva run killed part-way (SIGKILL, no clean-up) resumes to the outputs of an uninterrupted run, and is
+evaluated to the same tables; SIGTERM stops it like Ctrl-C, with its manifest saved."""
 
 from __future__ import annotations
 
@@ -56,3 +57,37 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_one(tiny_radber
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{image['output']}: {key}")
         for name in ("counterfactual.png", "attribution.png", "overlay.png"):
             assert (whole / image["output"] / name).read_bytes() == (killed / image["output"] / name).read_bytes()
+
+    # dva evaluate scores every completed image of the resumed run, not only the last invocation's.
+    evaluated = [evaluation(folder) for folder in (whole, killed)]
+    assert len(evaluated[0].per_image) == 10
+    assert [t.as_dict() for t in evaluated[1].tables] == [t.as_dict() for t in evaluated[0].tables]
+    without_folder = [[{k: v for k, v in row.items() if k != "output"} for row in e.per_image] for e in evaluated]
+    assert without_folder[1] == without_folder[0]
+
+
+def evaluation(run: Path):
+    from dva.core.plugins import load_catalogue
+    from dva.evaluate.evaluation import Settings, evaluate
+    from dva.evaluate.runs import read_run
+
+    return evaluate(None, [read_run(run)], Settings(metrics=["ssim"]), load_catalogue(entry_points=False))
+
+
+def test_sigterm_stops_a_run_like_an_interrupt_and_saves_its_manifest(tiny_radbert_model, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for index in range(8):
+        Image.fromarray(chest_like(64, seed=index)).save(inputs / f"scan-{index:02d}.png")
+    out = tmp_path / "out"
+    process = dva_run(inputs, tiny_radbert_model, out)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("*/record.json"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 130
+    err = process.stderr.read()
+    assert "Interrupted" in err and "Traceback" not in err
+    saved = json.loads((out / "manifest.json").read_text())
+    done = {i["output"] for i in saved["images"] if i["status"] == "done"}
+    assert done and done == {p.parent.name for p in out.glob("*/record.json")}

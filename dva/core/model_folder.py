@@ -21,6 +21,7 @@ from dva.core.io import atomic_write_text
 DVA_JSON = "dva.json"
 BUNDLED_MODEL = "tiny-phantom"
 REQUIRED_PARTS = ("unet/config.json", "vae/config.json", "scheduler/scheduler_config.json")
+MAX_RESOLUTION = 4096  # image side in pixels; SD v1 makes 512, SD 2 768, SDXL 1024
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -75,12 +76,32 @@ def inspect_model(location: str | None) -> ModelSource:
                 f"Model folder {location} lacks {', '.join(missing)}; pass a diffusers Stable Diffusion "
                 "folder or a dva model folder."
             )
+        check_model_size(path)
         dva = read_dva_json(path)
         return ModelSource(str(path), True, dva, (path / "text_encoder" / "config.json").is_file())
     looks_local = location.startswith((".", "/", "~")) or Path(location.split("/", 1)[0]).is_dir()
     if HUB_ID.match(location) and not looks_local:
         return ModelSource(location, False)
     raise ConfigError(f"--model {location}: no such folder, and not a hub id (organisation/name); check the path.")
+
+
+def check_model_size(folder: Path) -> None:
+    """Refuse a model whose configs ask for images too large to allocate (a damaged or hand-edited config),
+    before any weights load: the UNet's ``sample_size`` times the VAE's downsampling is the image side."""
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        sample_size = unet.get("sample_size", 64)
+        sample_size = sample_size[0] if isinstance(sample_size, list) and sample_size else sample_size
+        factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
+    except (OSError, ValueError, AttributeError, TypeError) as error:
+        raise ConfigError(f"Model folder {folder}: its unet/ or vae/ config.json is not valid JSON ({error}); "
+                          "restore it from the model's source.") from None
+    if not isinstance(sample_size, int) or isinstance(sample_size, bool) or not 1 <= sample_size * factor <= MAX_RESOLUTION:
+        raise ConfigError(
+            f"Model folder {folder}: unet/config.json's sample_size {sample_size!r} makes {sample_size!r} x {factor} pixel "
+            f"images, not a size between 1 and {MAX_RESOLUTION}; restore the config from the model's source."
+        )
 
 
 def read_dva_json(folder: Path) -> dict[str, Any]:

@@ -23,10 +23,8 @@ COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 def cache_folder() -> Path:
-    """``$DVA_CACHE_DIR``, else ``$XDG_CACHE_HOME/dva``, else ``~/.cache/dva``."""
-    if os.environ.get("DVA_CACHE_DIR"):
-        return Path(os.environ["DVA_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dva"
+    """dva's cache root (weight hashes here, FID features): ``$DVA_CACHE``, else ``~/.cache/dva``."""
+    return Path(os.environ.get("DVA_CACHE") or Path.home() / ".cache" / "dva")
 
 
 @dataclass
@@ -96,7 +94,12 @@ def identify(location: str, parts: tuple[str, ...] = (), revision: str | None = 
     A local folder gives ``{"location", "files": {relative path: sha256}}``; a hub id gives its commit
     (from the local hub cache) and the hashes of the cached files when the snapshot is there.
     """
-    cache = cache or HashCache.open()
+    if cache is None:
+        cache = HashCache.open()
+        try:
+            return identify(location, parts, revision, cache)
+        finally:
+            cache.save()
     path = Path(location).expanduser()
     found: dict[str, Any]
     if path.exists():
@@ -118,6 +121,13 @@ def identify(location: str, parts: tuple[str, ...] = (), revision: str | None = 
 
 
 def digest(identities: dict[str, Any]) -> str:
-    """One short hash of several identities (what the resume fingerprint takes)."""
-    text = json.dumps(identities, sort_keys=True, default=str)
+    """One short hash of identities (what the resume fingerprint takes); where a folder lies is left out,
+    so a model moved or copied elsewhere is the same model."""
+
+    def without_location(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: without_location(item) for key, item in value.items() if key != "location"}
+        return value
+
+    text = json.dumps(without_location(identities), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

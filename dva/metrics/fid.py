@@ -216,7 +216,9 @@ def content_key(path: Path) -> str:
 
 def default_cache_dir() -> Path:
     """dva's cache root: ``$DVA_CACHE``, else ``~/.cache/dva``."""
-    return Path(os.environ.get("DVA_CACHE") or Path.home() / ".cache" / "dva")
+    from dva.core.weights import cache_folder
+
+    return cache_folder()
 
 
 def weights_digest(weights: Path) -> str:
