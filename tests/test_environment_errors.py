@@ -83,8 +83,9 @@ def booby_trapped(path: Path, state: dict, marker: Path) -> Path:
 
 
 def assert_refused_for_safety(code: int, err: str, path: Path, marker: Path) -> None:
+    calls = f"{os.system.__module__}.system"  # posix.system on Linux and macOS
     assert code == 2
-    assert f"'{path}' is not a plain weights file: it is a pickle that calls {os.system.__module__}.system" in one_sentence(err)
+    assert f"'{path}' is not a plain weights file: it is a pickle that calls {calls}" in one_sentence(err)
     assert "refused it for safety" in err and "safetensors" in err
     assert "weights_only" not in err and not marker.exists()
 
@@ -152,7 +153,8 @@ def test_any_other_refused_pickle_is_the_same_sentence_and_a_damaged_file_is_nam
     code, _, err = dva(capsys, "load-weights", trapped)
     assert_refused_for_safety(code, err, trapped, marker)
     code, _, err = dva(capsys, "load-weights", damaged)
-    assert code == 2 and f"'{damaged}' is not a plain PyTorch weights file (damaged, or another format)" in one_sentence(err)
+    assert code == 2
+    assert f"'{damaged}' is not a plain PyTorch weights file (damaged, or another format)" in one_sentence(err)
     assert "weights_only" not in err
 
 
@@ -238,7 +240,9 @@ def finished_run(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("case", ["under a file", "read-only"])
-def test_dva_evaluate_refuses_an_out_it_cannot_make_before_evaluating(case, finished_run, tmp_path, capsys, monkeypatch):
+def test_dva_evaluate_refuses_an_out_it_cannot_make_before_evaluating(
+    case, finished_run, tmp_path, capsys, monkeypatch
+):
     import dva.evaluate.evaluation as evaluation
 
     monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: pytest.fail("evaluated first"))

@@ -232,9 +232,8 @@ def test_two_plugins_adding_the_same_command_is_a_clash_naming_both():
     def hello(cli):
         cli.command(name="hello")(lambda: None)
 
-    catalogue = load_catalogue(
-        entry_points=False, extra=[plugin_module("first", register_commands=hello), plugin_module("second", register_commands=hello)]
-    )
+    first, second = (plugin_module(name, register_commands=hello) for name in ("first", "second"))
+    catalogue = load_catalogue(entry_points=False, extra=[first, second])
     assert catalogue.commands["hello"].plugin.name == "first"
     assert [b.info.name for b in catalogue.broken] == ["second"] and "added by both" in catalogue.broken[0].error
 

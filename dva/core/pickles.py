@@ -21,7 +21,7 @@ WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
 
 class RefusedPickle(ConfigError):
-    """A weights file torch refused to unpickle; its cause (torch's own advice) is never shown, not even with --debug."""
+    """A weights file torch refused to unpickle; its cause (torch's advice) is never shown, not even with --debug."""
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
