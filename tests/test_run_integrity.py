@@ -333,3 +333,8 @@ def test_a_full_disk_is_one_sentence_and_keeps_a_manifest(model, tmp_path, capsy
     assert code == 2 and len(errors) == 1 and "Traceback" not in err
     assert "No space left on device" in errors[0] and str(tmp_path / "out" / "scan0") in errors[0]
     json.loads((tmp_path / "out" / "manifest.json").read_text())  # the last manifest written stays
+
+
+def test_a_revision_for_a_local_folder_is_refused(model, tmp_path, capsys):
+    code, err = run(capsys, model, tmp_path / "out", write_scan(tmp_path / "in" / "scan.png"), more=("--revision", "v2"))
+    assert code == 2 and "--revision v2" in one_line_error(err)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,15 @@ def _prior_options(pairs: tuple[str, ...], flag: str = "--prior-option", example
 @click.option("--entry", default="default", show_default=True, help="Registry entry to start from.")
 @click.option("--registry", "registries", multiple=True, type=click.Path(dir_okay=False), help="Extra registry file.")
 @click.option("--model", help="Stable Diffusion folder or hub id, or a dva model folder.")
+@click.option("--revision", help="Hub revision (branch, tag or commit) of a hub --model; recorded in the manifest.")
 @click.option("--encoder", help="Text encoder (radbert, biobert, pubmedclip, clip, ...); default: the model's own.")
 @click.option("--encoder-path", help="Load the encoder from this folder (or hub id) instead of its default.")
 @click.option("--prior", help="Image prior (sdedit, controlnet-canny, ...).")
 @click.option("--prior-option", "prior_option", multiple=True, metavar="KEY=VALUE", help="A prior option, repeatable.")
 @click.option("--scheduler", help="Scheduler (pndm, ddim, dpm-solver++, euler, unipc); default: the model's own.")
 @click.option("--modality", help="Modality of the inputs (chest-xray, or a plugin's); default: chosen by their extension.")
+@click.option("--bit-depth", type=click.IntRange(1, 16),
+              help="Bits that hold data in 16-bit images (e.g. 12); default: detected from the values, and said.")
 @click.option("--modality-option", "modality_option", multiple=True, metavar="KEY=VALUE",
               help="A modality option (e.g. brain-mri's slices=40:60), repeatable.")
 @click.option("--prompt", help="Text the counterfactual is steered to (default: the modality's healthy prompt).")
@@ -67,7 +72,7 @@ def _prior_options(pairs: tuple[str, ...], flag: str = "--prior-option", example
 @click.pass_context
 def run(ctx: click.Context, inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], mask: str | None,
         out: str, prior_option: tuple[str, ...], modality_option: tuple[str, ...], num_processes: int,
-        strict: bool, **flags: Any) -> int:
+        strict: bool, bit_depth: int | None, **flags: Any) -> int:
     """Make the healthy counterfactual and attribution map of each input (files or folders)."""
     import os
 
@@ -91,6 +96,8 @@ def run(ctx: click.Context, inputs: tuple[str, ...], entry: str, registries: tup
         overrides["modality"] = _modality_by_extension(entries, catalogue, entry, overrides, list(inputs), Path(out))
     if modality_option:
         overrides["modality_options"] = _prior_options(modality_option, "--modality-option", "slices=40:60")
+    if bit_depth is not None:
+        overrides["modality_options"] = {**overrides.get("modality_options", {}), "bit_depth": bit_depth}
     recipe = resolve(entries, catalogue, entry, overrides)
     if strict:
         from dva.core.runtime import require_trained_encoder
@@ -163,17 +170,43 @@ def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalo
         progress.update(task["id"], total=task["total"])
 
     def on_image(job: Any) -> None:
+        from rich.markup import escape
+
         if job.status == "failed":
-            progress.console.print(f"[red]skipped[/] {job.error}", highlight=False, soft_wrap=True)
+            progress.console.print(f"[red]skipped[/] {escape(str(job.error))}", highlight=False, soft_wrap=True)
+        for warning in job.warnings:
+            progress.console.print(f"[yellow]note[/] {escape(job.key)}: {escape(warning)}", highlight=False, soft_wrap=True)
         progress.advance(task["id"])
 
     try:
-        result = run_images(recipe, inputs, out, catalogue, mask, on_start, on_image, on_loaded, on_more=on_more)
+        with terminated_as_interrupt():
+            result = run_images(recipe, inputs, out, catalogue, mask, on_start, on_image, on_loaded, on_more=on_more)
     finally:
         if task:
             progress.stop()
     _summary(console, result)
     return result.exit_code
+
+
+@contextlib.contextmanager
+def terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a cluster's time limit, ``kill``) ends the run like Ctrl-C: the images written so far are kept,
+    the manifest is saved, and the message says to rerun to resume."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _summary(console: Any, result: Any) -> None:

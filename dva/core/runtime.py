@@ -84,15 +84,20 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def load_diffusion_parts(source: ModelSource, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, dict]:
-    """UNet, VAE and the scheduler config of a model folder or hub id."""
+def load_diffusion_parts(source: ModelSource, device: torch.device, dtype: torch.dtype,
+                         revision: str | None = None) -> tuple[Any, Any, dict]:
+    """UNet, VAE and the scheduler config of a model folder or hub id (at ``revision``, for a hub id)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers import DDIMScheduler
 
+    if revision and source.is_local:
+        raise ConfigError(f"--revision {revision}: the model '{source.location}' is a local folder, which has no hub "
+                          "revisions; drop --revision, or pass the model's hub id.")
+    pinned = {"revision": revision} if revision else {}
     try:
-        unet = UNet2DConditionModel.from_pretrained(source.location, subfolder="unet", torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(source.location, subfolder="vae", torch_dtype=dtype)
-        scheduler_config = DDIMScheduler.load_config(source.location, subfolder="scheduler")
+        unet = UNet2DConditionModel.from_pretrained(source.location, subfolder="unet", torch_dtype=dtype, **pinned)
+        vae = AutoencoderKL.from_pretrained(source.location, subfolder="vae", torch_dtype=dtype, **pinned)
+        scheduler_config = DDIMScheduler.load_config(source.location, subfolder="scheduler", **pinned)
     except (OSError, ValueError, EnvironmentError) as error:
         where = "folder" if source.is_local else "hub id"
         raise ConfigError(
@@ -316,8 +321,8 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
     prior = catalogue.get("prior", recipe.prior).create(**recipe.prior_options)
     lora = source.dva.get("lora_folder")
     reuse = _reused if not lora else (lambda key, load: load())
-    unet, vae, scheduler_config = reuse(("parts", source.location, device, dtype),
-                                        lambda: load_diffusion_parts(source, device, dtype))
+    unet, vae, scheduler_config = reuse(("parts", source.location, recipe.revision, device, dtype),
+                                        lambda: load_diffusion_parts(source, device, dtype, recipe.revision))
     scheduler = build_scheduler(recipe, catalogue, scheduler_config)
 
     choice = choose_encoder(recipe, catalogue, source)
