@@ -140,3 +140,20 @@ def test_options_for_no_compared_component_or_given_twice_are_refused(flags, mes
     assert code == 2 and message in capsys.readouterr().err
     assert not out.exists()
 
+
+def test_a_second_compare_into_the_same_folder_reuses_the_runs_and_gives_the_same_tables(
+        tiny_radbert_model, images, tmp_path, capsys):
+    out = tmp_path / "compare"
+    args = [*(str(p) for p in images[:2]), "--model", str(tiny_radbert_model), "--strength", "0.3,0.6",
+            "--steps", "2", "--out", str(out)]
+    assert compare(args, capsys) == 0
+    first = {name: (out / name).read_text() for name in ("comparison.csv", "comparison.md")}
+    first_json = json.loads((out / "comparison.json").read_text())
+    made = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("counterfactual.png")}
+    assert compare(args, capsys) == 0, capsys.readouterr().err
+    assert {name: (out / name).read_text() for name in first} == first
+    again = json.loads((out / "comparison.json").read_text())
+    assert again["table"] == first_json["table"] and again["combinations"] == first_json["combinations"]
+    assert {p: p.stat().st_mtime_ns for p in made} == made, "no image was generated again"
+    assert all(json.loads((out / "runs" / s / "manifest.json").read_text())["counts"] == {"skipped": 2}
+               for s in ("s0.3", "s0.6"))
