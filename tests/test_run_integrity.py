@@ -244,6 +244,7 @@ def test_masks_missing_for_an_input_are_said_and_empty_masks_fail_that_image(mod
     assert images["scan2"]["status"] == "done" and "no mask named like this input" in images["scan2"]["warnings"][0]
     record = json.loads((tmp_path / "out" / "scan2" / "record.json").read_text())
     assert "no mask named like this input" in record["warnings"][0]
+    assert "no mask named like this input" in (tmp_path / "out" / "report.html").read_text()
     assert "scan1.png" in err and "no mask named like this input" in err
 
 

@@ -38,7 +38,8 @@ def write_report(out: Path, header: dict[str, Any], images: list[dict[str, Any]]
             f'<td><img src="{_thumbnail(folder / c)}" alt="{c}"></td>' if (folder / c).is_file() else "<td></td>"
             for c in columns
         )
-        rows.append(f"<tr><th>{html.escape(image['output'])}</th>{cells}</tr>")
+        notes = "".join(f'<div class="note">{html.escape(warning)}</div>' for warning in image.get("warnings", []))
+        rows.append(f"<tr><th>{html.escape(image['output'])}{notes}</th>{cells}</tr>")
     failed = [i for i in images if i["status"] == "failed"]
     failures = "".join(f"<li>{html.escape(str(i.get('error')))}</li>" for i in failed)
     more = len([i for i in images if i["status"] in ("done", "skipped")]) - len(shown)
