@@ -153,6 +153,15 @@ def test_a_damaged_output_of_a_finished_image_is_made_again(model, tmp_path, cap
     assert counterfactual.read_bytes() == good
 
 
+def test_evaluating_a_damaged_output_names_the_file(model, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(capsys, model, out, write_scan(tmp_path / "in" / "scan.png"))[0] == 0
+    (out / "scan" / "counterfactual.png").write_bytes(b"not a png")
+    code, err = dva(capsys, "evaluate", "--generated", out, "--out", tmp_path / "evaluation")
+    line = one_line_error(err)
+    assert code == 2 and str(out / "scan" / "counterfactual.png") in line and "rerun the dva run" in line
+
+
 def test_a_rerun_with_other_settings_leaves_no_output_of_the_old_ones(model, tmp_path, capsys):
     scan = write_scan(tmp_path / "in" / "scan.png")
     out = tmp_path / "out"

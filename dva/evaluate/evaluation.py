@@ -25,7 +25,7 @@ import numpy as np
 
 from dva.core.errors import ConfigError, MetricUnavailable, unknown_name
 from dva.datasets import LabelledDataset
-from dva.evaluate.runs import INPUTS_LABEL, Pair, RunOutputs, pair_with_dataset, pair_with_inputs
+from dva.evaluate.runs import INPUTS_LABEL, Pair, RunOutputs, pair_with_dataset, pair_with_inputs, read_output_gray
 from dva.evaluate.tables import Table
 
 DEFAULT_METRICS = ("fid", "ssim", "ms-ssim", "localisation")
@@ -225,14 +225,6 @@ def set_tables(measure: Measure, comparisons: dict[str, list[tuple[ImageSet, Ima
 # -- pair and map measures (6.3, localisation, null test) ----------------------------------------
 
 
-def _read_gray(path: Path) -> np.ndarray:
-    """A run's 8-bit PNG as [0, 1] intensity, colour averaged over channels as the attribution map does."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.float32).mean(axis=-1) / 255.0
-
-
 def _lung_mask_at_model_size(pair: Pair, size: int) -> np.ndarray | None:
     from dva.core.io import read_mask, to_model_input
 
@@ -250,9 +242,9 @@ def score_pairs(measures: list[Measure], pairs: list[Pair], within_lungs: bool, 
         chunk = pairs[start : start + PAIR_CHUNK]
         images = []
         for pair in chunk:
-            image = _read_gray(pair.image.model_input)
+            image = read_output_gray(pair.image.model_input)
             mask = _lung_mask_at_model_size(pair, image.shape[0]) if within_lungs else None
-            images.append((image, _read_gray(pair.image.model_counterfactual), mask))
+            images.append((image, read_output_gray(pair.image.model_counterfactual), mask))
         for measure in measures:
             implementation = measure.implementation
             scores = (implementation.score_batch(images) if hasattr(implementation, "score_batch")

@@ -45,7 +45,29 @@ class GeneratedImage:
         """The signed map ``input - counterfactual`` at the input's original size."""
         from safetensors.numpy import load_file
 
-        return load_file(str(self.folder / "attribution.safetensors"))["attribution_fullsize"]
+        path = self.folder / "attribution.safetensors"
+        try:
+            return load_file(str(path))["attribution_fullsize"]
+        except Exception as error:  # safetensors raises its own error types on damaged files
+            raise damaged_output(path, error) from error
+
+
+def damaged_output(path: Path, error: BaseException) -> ConfigError:
+    """The sentence for an output of a run that cannot be read: which file, and how to repair it."""
+    reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    return ConfigError(f"{path}: this output of the run cannot be read ({reason}); rerun the dva run that made it, "
+                       "into the same --out (it makes damaged outputs again), then evaluate again.")
+
+
+def read_output_gray(path: Path) -> np.ndarray:
+    """A run's 8-bit PNG as [0, 1] intensity, colour averaged over channels as the attribution map does."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.float32).mean(axis=-1) / 255.0
+    except (OSError, ValueError, SyntaxError) as error:  # PIL's errors for missing, damaged and unknown files
+        raise damaged_output(path, error) from error
 
 
 @dataclass(frozen=True)
