@@ -341,7 +341,7 @@ def test_a_full_disk_is_one_sentence_and_keeps_a_manifest(model, tmp_path, capsy
     code, err = run(capsys, model, tmp_path / "out", *scans)
     errors = [line for line in err.splitlines() if line.startswith("Error:")]
     assert code == 2 and len(errors) == 1 and "Traceback" not in err
-    assert "No space left on device" in errors[0] and str(tmp_path / "out" / "scan0") in errors[0]
+    assert "disk is full" in errors[0] and str(tmp_path / "out" / "scan0") in errors[0]
     json.loads((tmp_path / "out" / "manifest.json").read_text())  # the last manifest written stays
 
 

@@ -5,14 +5,13 @@ Subcommands are imported only when invoked, so ``dva --help`` and ``dva plugins`
 
 from __future__ import annotations
 
-import errno
 import importlib
 import sys
 from typing import Any
 
 import click
 
-from dva.core.errors import ConfigError, DvaError
+from dva.core.errors import ConfigError, DvaError, machine_error
 from dva.core.pickles import RefusedPickle, refused_pickle
 
 SUBCOMMANDS = {
@@ -69,16 +68,6 @@ def _add_plugin_commands() -> None:
             _PLUGIN_COMMANDS.add(name)
 
 
-ENVIRONMENT_ERRORS = {
-    errno.EACCES: "no permission to use {path}; fix its permissions, or choose a location you can write to.",
-    errno.EPERM: "no permission to use {path}; fix its permissions, or choose a location you can write to.",
-    errno.EROFS: "{path} is on a read-only file system; choose a writable location (e.g. another --out).",
-    errno.ENOSPC: "the disk is full, so {path} cannot be written; free some space, or choose another --out.",
-    errno.EDQUOT: "the disk quota is used up, so {path} cannot be written; free some space, or choose another --out.",
-    errno.ENOTDIR: "part of {path} is a file, not a folder; choose another path.",
-}
-
-
 def _user_error(error: Exception) -> DvaError | None:
     """The sentence for an error the user can fix, or None for a bug.
 
@@ -92,9 +81,9 @@ def _user_error(error: Exception) -> DvaError | None:
         return refusal
     if isinstance(error, DvaError):
         return error
-    if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRORS and error.filename is not None:
-        sentence = ENVIRONMENT_ERRORS[error.errno].format(path=error.filename)
-        return ConfigError(sentence[0].upper() + sentence[1:])
+    clause = machine_error(error)
+    if clause is not None:
+        return ConfigError(clause[0].upper() + clause[1:] + ".")
     return None
 
 

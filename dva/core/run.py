@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from dva.core import attribution, io, manifest, outputs, weights
-from dva.core.errors import ConfigError, InputError
+from dva.core.errors import ConfigError, InputError, machine_error
 from dva.core.modality import ScanImage, ScanInput, load_result, read_input
 from dva.core.registry import Recipe
 from dva.core.prefetch import prefetched
@@ -338,10 +338,7 @@ def write_group(out: Path, group: InputGroup, modality: Any, recipe_fingerprint:
     try:
         files = modality.write(folder, group.source, results)
     except OSError as error:
-        raise ConfigError(
-            f"Cannot write the outputs of {group.source.path.name} to {out} ({error.strerror or error}); "
-            "free some space or choose another --out, then rerun to resume."
-        ) from error
+        raise ConfigError(cannot_write(Path(error.filename or folder), out, error)) from error
     record = {
         "input": str(group.source.path), "output": group.key, "status": "done", "sha256": group.source.sha256,
         "fingerprint": recipe_fingerprint, "images": [job.key for job in group.jobs], "files": files,
@@ -592,8 +589,8 @@ def _run(recipe: Recipe, files: list[Path], missing: list[tuple[Path, str]], out
 
 def cannot_write(file: Path, out: Path, error: OSError) -> str:
     """The sentence for an output that could not be written: which file, why, and what to do."""
-    return (f"Cannot write {file} ({error.strerror or error}); free some space or choose another --out, "
-            f"then rerun to resume (completed images in {out} are kept).")
+    what = machine_error(error, file) or f"{file} cannot be written ({error.strerror or error})"
+    return f"{what[0].upper()}{what[1:]}; then rerun to resume (the completed images in {out} are kept)."
 
 
 def check_samples(recipe: Recipe, catalogue: Any) -> None:
