@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dva.core.errors import ConfigError
-from dva.core.model_folder import ModelSource, inspect_model
+from dva.core.model_folder import MAX_RESOLUTION, ModelSource, inspect_model
 from dva.core.registry import Recipe
 
 log = logging.getLogger("dva")
@@ -371,8 +371,16 @@ def speed_options(recipe: Recipe, unet: Any, vae: Any) -> Any:
 
 
 def model_resolution(unet: Any, vae: Any) -> int:
-    """Image side in pixels: the UNet's latent size times the VAE's downsampling factor."""
-    return int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    """Image side in pixels: the UNet's latent size times the VAE's downsampling factor.
+
+    A config asking for more than ``MAX_RESOLUTION`` (a hub model's, which is not checked before it loads)
+    is refused here, before any image is allocated at that size.
+    """
+    resolution = int(unet.config.sample_size) * 2 ** (len(vae.config.block_out_channels) - 1)
+    if not 1 <= resolution <= MAX_RESOLUTION:
+        raise ConfigError(f"The model's configs make {resolution}-pixel images, not a size between 1 and "
+                          f"{MAX_RESOLUTION} (unet sample_size {unet.config.sample_size}); restore its configs.")
+    return resolution
 
 
 def healthy_prompt(recipe: Recipe, source: ModelSource, catalogue: Any) -> str:
