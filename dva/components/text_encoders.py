@@ -150,7 +150,7 @@ class TextEncoder(torch.nn.Module):
         """Random weights from a (tiny) config, with a small tokenizer built locally (no network)."""
         import transformers
 
-        from dva.testing.tokenizers import tiny_tokenizer
+        from dva.components.tokenizers import tiny_tokenizer
 
         config = dict(config)
         max_length = int(config.pop("max_length", spec.max_length))

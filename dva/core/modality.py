@@ -139,7 +139,7 @@ def check_input(found: Any, spec: Any) -> ScanInput:
 
 def call_writer(spec: Any, folder: Path, source: ScanInput, results: list[ImageResult]) -> list[str]:
     """Call modality ``spec``'s writer; returns the files it wrote, relative to ``folder``."""
-    from dva.core.specs import import_object
+    from dva.core.imports import import_object
 
     written = import_object(spec.writer)(folder, source, results)
     if not isinstance(written, (list, tuple)) or not all(isinstance(name, str) for name in written):

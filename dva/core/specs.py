@@ -9,12 +9,12 @@ weights from a config, for tests and benchmarks).
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from dva.core.errors import ConfigError
+from dva.core.imports import import_object
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,6 @@ class Option:
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{where} is {value!r}, but must be one of: {', '.join(self.choices)}.")
         return value
-
-
-def import_object(path: str) -> Any:
-    """Import ``"package.module:attribute"``."""
-    module_name, _, attribute = path.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-        return getattr(module, attribute) if attribute else module
-    except (ImportError, AttributeError) as error:
-        raise ConfigError(f"Cannot import '{path}' ({error}); reinstall the plugin that provides it.") from error
 
 
 @dataclass(frozen=True)
