@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dva.components.priors import ModelParts
+from dva.core.contracts import GenerateRequest, ModelParts
 
 INVERSION_EMBEDDINGS = ("unconditional", "prompt")
 
@@ -123,20 +123,12 @@ class DDIMInversionPrior:
         return latents
 
     @torch.no_grad()
-    def generate(
-        self,
-        images: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor,
-        generators: list[torch.Generator],
-        steps: int,
-        guidance_scale: float,
-        conditions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Counterfactuals ``(B, 3, H, W)`` in [0, 1]; ``generators`` are unused (nothing is drawn)."""
-        inversion_embeds = negative_embeds if self.inversion == "unconditional" else prompt_embeds
-        return self.decode(self.denoise(self.start(images, inversion_embeds, steps), prompt_embeds, negative_embeds,
-                                        steps, guidance_scale))
+    def generate(self, request: GenerateRequest) -> torch.Tensor:
+        """Counterfactuals ``(B, 3, H, W)`` in [0, 1]; the request's generators are unused (nothing is drawn)."""
+        r = request
+        inversion_embeds = r.negative_embeds if self.inversion == "unconditional" else r.prompt_embeds
+        return self.decode(self.denoise(self.start(r.images, inversion_embeds, r.steps), r.prompt_embeds,
+                                        r.negative_embeds, r.steps, r.guidance_scale))
 
     def start(self, images: torch.Tensor, inversion_embeds: torch.Tensor, steps: int) -> torch.Tensor:
         """The inverted latents of ``images``; the previous call's when it inverted the same inputs the same way."""

@@ -6,24 +6,15 @@ image (so an image's counterfactual does not depend on the batch it is in).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from dva.core.contracts import GenerateRequest, ModelParts
 from dva.core.errors import ConfigError
 
-
-@dataclass
-class ModelParts:
-    """The loaded Stable Diffusion parts a prior builds its pipeline from."""
-
-    unet: Any
-    vae: Any
-    scheduler: Any
-    device: torch.device
-    dtype: torch.dtype
+__all__ = ["ControlNetCannyPrior", "GenerateRequest", "ModelParts", "SDEditPrior"]  # ModelParts: its old home
 
 
 def _pipeline_kwargs(parts: ModelParts) -> dict[str, Any]:
@@ -69,28 +60,19 @@ class SDEditPrior:
         return {}
 
     @torch.no_grad()
-    def generate(
-        self,
-        images: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        negative_embeds: torch.Tensor,
-        generators: list[torch.Generator],
-        steps: int,
-        guidance_scale: float,
-        conditions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Counterfactuals ``(B, 3, H, W)`` in [0, 1] for inputs ``(B, 3, H, W)`` in [0, 1]."""
-        batch = images.shape[0]
+    def generate(self, request: GenerateRequest) -> torch.Tensor:
+        """Counterfactuals ``(B, 3, H, W)`` in [0, 1] for the request's inputs ``(B, 3, H, W)`` in [0, 1]."""
+        batch = request.images.shape[0]
         result = self.pipeline(
-            image=images,
-            prompt_embeds=prompt_embeds.expand(batch, -1, -1),
-            negative_prompt_embeds=negative_embeds.expand(batch, -1, -1),
+            image=request.images,
+            prompt_embeds=request.prompt_embeds.expand(batch, -1, -1),
+            negative_prompt_embeds=request.negative_embeds.expand(batch, -1, -1),
             strength=self.strength,
-            num_inference_steps=steps,
-            guidance_scale=guidance_scale,
-            generator=generators,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            generator=request.generators,
             output_type="pt",
-            **self._call_kwargs(conditions),
+            **self._call_kwargs(request.condition),
         )
         return result.images.float().cpu()
 

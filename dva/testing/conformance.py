@@ -127,7 +127,7 @@ def check_prior(spec: Any, options: Mapping[str, Any] | None = None, steps: int 
     [0, 1]; an image's result does not depend on the batch it is in (its own seeded generator)."""
     import torch
 
-    from dva.components.priors import ModelParts
+    from dva.core.contracts import GenerateRequest, ModelParts
     from dva.testing.tiny import sd_scheduler, tiny_unet, tiny_vae
 
     prior = spec.create(**spec.check_options(dict(options or {}), f"prior '{spec.name}'"))
@@ -143,7 +143,7 @@ def check_prior(spec: Any, options: Mapping[str, Any] | None = None, steps: int 
         images = torch.from_numpy(gray[index])[:, None].repeat(1, 3, 1, 1)
         condition = None if conditions is None else torch.from_numpy(np.asarray(conditions)[index])[:, None].repeat(1, 3, 1, 1)
         generators = [torch.Generator("cpu").manual_seed(0) for _ in range(images.shape[0])]
-        return prior.generate(images, embeds, torch.zeros_like(embeds), generators, steps, 2.0, condition)
+        return prior.generate(GenerateRequest(images, embeds, torch.zeros_like(embeds), generators, steps, 2.0, condition))
 
     both = generate(slice(0, 2))
     _require(tuple(both.shape) == (2, 3, SIZE, SIZE), f"prior '{spec.name}': generate gave shape {tuple(both.shape)}.")
