@@ -343,6 +343,7 @@ def paired_sampling(folder: Path, image: Path, settings: dict[str, Any], pairs: 
     from diffusers import StableDiffusionImg2ImgPipeline
     from PIL import Image
 
+    from dva.core.contracts import GenerateRequest
     from dva.core.plugins import get_catalogue
     from dva.core.registry import load_entries, resolve
     from dva.core.run import ImageJob, prepare
@@ -361,8 +362,8 @@ def paired_sampling(folder: Path, image: Path, settings: dict[str, Any], pairs: 
     picture = Image.open(image).convert("RGB").resize((runtime.resolution,) * 2, Image.BICUBIC)
 
     def ours() -> Any:
-        return runtime.prior.generate(tensor, positive, negative, [torch.Generator().manual_seed(0)],
-                                      settings["steps"], settings["guidance_scale"])
+        return runtime.prior.generate(GenerateRequest(tensor, positive, negative, [torch.Generator().manual_seed(0)],
+                                                      settings["steps"], settings["guidance_scale"]))
 
     def theirs() -> Any:
         return pipe(PROMPT, image=picture, strength=settings["strength"], num_inference_steps=settings["steps"],

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from dva.core import attribution, io, manifest, outputs, weights
+from dva.core.contracts import GenerateRequest
 from dva.core.errors import ConfigError, InputError, machine_error
 from dva.core.modality import ScanImage, ScanInput, load_result, read_input
 from dva.core.registry import Recipe
@@ -484,15 +485,15 @@ def _run(recipe: Recipe, files: list[Path], missing: list[tuple[Path, str]], out
         def generators() -> list[torch.Generator]:
             return [torch.Generator("cpu").manual_seed(recipe.seed + k) for _ in pending for k in range(samples)]
 
-        counterfactuals = runtime.prior.generate(
+        counterfactuals = runtime.prior.generate(GenerateRequest(
             images, positive, negative, generators(), recipe.steps, recipe.guidance_scale, condition_tensor
-        ).permute(0, 2, 3, 1).numpy()
+        )).permute(0, 2, 3, 1).numpy()
         references = None
         if recipe.reference == "reconstruction":
             # The same prior from the same noise, unconditional and unguided: everything but the prompt's effect.
-            references = runtime.prior.generate(
+            references = runtime.prior.generate(GenerateRequest(
                 images, negative, negative, generators(), recipe.steps, 1.0, condition_tensor
-            ).permute(0, 2, 3, 1).numpy()
+            )).permute(0, 2, 3, 1).numpy()
         share = (time.perf_counter() - started) / len(pending)
         for index, job in enumerate(pending):
             job.seconds += share

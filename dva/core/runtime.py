@@ -312,7 +312,7 @@ def quiet_libraries() -> None:
 
 def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
     """Load and wire every component the recipe names."""
-    from dva.components.priors import ModelParts
+    from dva.core.contracts import ModelParts
 
     quiet_libraries()
     source = inspect_model(recipe.model)

@@ -132,7 +132,8 @@ class Validator:
         """Write the strips of ``step``; ``unet``/``encoder`` unwrapped. Returns the files written."""
         from diffusers import DDIMScheduler
 
-        from dva.components.priors import ModelParts, SDEditPrior
+        from dva.components.priors import SDEditPrior
+        from dva.core.contracts import GenerateRequest, ModelParts
 
         modules = [unet, encoder, vae]
         modes = [(module, module.training) for root in modules for module in root.modules()]
@@ -149,10 +150,10 @@ class Validator:
                 for index, (name, gray) in enumerate(self.images):
                     image = torch.from_numpy(np.ascontiguousarray(gray)).float()[None, None].repeat(1, 3, 1, 1)
                     generator = torch.Generator("cpu").manual_seed(self.seed * 1000 + VALIDATION_SEED + index)
-                    counterfactual = prior.generate(
+                    counterfactual = prior.generate(GenerateRequest(
                         image.to(parameter.device, parameter.dtype), embeds[:1], embeds[1:], [generator],
                         VALIDATION_STEPS, VALIDATION_GUIDANCE,
-                    )[0].permute(1, 2, 0).numpy()
+                    ))[0].permute(1, 2, 0).numpy()
                     written.append(self._write(step, name, gray, counterfactual))
             return written
         finally:
