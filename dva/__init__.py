@@ -1,9 +1,38 @@
 """dva: diffusion visual attribution for medical images.
 
-The public API for plugin authors: the ``hookimpl`` marker, the spec classes a plugin registers,
-and the errors that reach users as one clear sentence. Importing this module does not import torch.
+The public API for plugin authors, one import: the ``hookimpl`` marker, the spec classes a plugin
+registers, the contracts its implementations follow and the data they exchange
+(:mod:`dva.core.contracts`), the errors that reach users as one clear sentence, and a few file
+helpers. Importing this module imports neither torch nor numpy: the helpers and ``FinetuneConfig``
+load on first use.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from dva.core.contracts import (
+    MIN_SIDE,
+    DatasetOpener,
+    Finetuner,
+    GenerateRequest,
+    ImageResult,
+    LabelledDataset,
+    Metric,
+    ModalityReader,
+    ModalityWriter,
+    ModelParts,
+    PairMetric,
+    Prior,
+    Sample,
+    Scan,
+    ScanImage,
+    ScanInput,
+    SetMetric,
+    StepCallback,
+    TextEncoder,
+)
 from dva.core.errors import ConfigError, DvaError, InputError, MetricUnavailable, PluginError
 from dva.core.hookspecs import hookimpl
 from dva.core.specs import (
@@ -18,20 +47,71 @@ from dva.core.specs import (
     SchedulerSpec,
 )
 
+if TYPE_CHECKING:
+    from dva.core.io import atomic_write_bytes, file_sha256, has_extension, strip_extension
+    from dva.finetune.dreambooth import FinetuneConfig
+
+# Public names whose modules import numpy or torch: "module:attribute", imported on first access.
+_LAZY = {
+    "FinetuneConfig": "dva.finetune.dreambooth:FinetuneConfig",
+    "atomic_write_bytes": "dva.core.io:atomic_write_bytes",
+    "file_sha256": "dva.core.io:file_sha256",
+    "has_extension": "dva.core.io:has_extension",
+    "strip_extension": "dva.core.io:strip_extension",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dva' has no attribute {name!r}")
+    module, attribute = _LAZY[name].split(":")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "MIN_SIDE",
     "ComponentSpec",
     "ConfigError",
+    "DatasetOpener",
     "DatasetSpec",
     "DvaError",
     "EncoderSpec",
+    "FinetuneConfig",
+    "Finetuner",
     "FinetunerSpec",
+    "GenerateRequest",
+    "ImageResult",
     "InputError",
+    "LabelledDataset",
+    "Metric",
     "MetricSpec",
     "MetricUnavailable",
+    "ModalityReader",
     "ModalitySpec",
+    "ModalityWriter",
+    "ModelParts",
     "Option",
+    "PairMetric",
     "PluginError",
+    "Prior",
     "PriorSpec",
+    "Sample",
+    "Scan",
+    "ScanImage",
+    "ScanInput",
     "SchedulerSpec",
+    "SetMetric",
+    "StepCallback",
+    "TextEncoder",
+    "atomic_write_bytes",
+    "file_sha256",
+    "has_extension",
     "hookimpl",
+    "strip_extension",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -16,29 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from dva.core.contracts import MIN_SIDE, Scan
 from dva.core.errors import InputError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 SUPPORTED_EXTENSIONS = IMAGE_EXTENSIONS + DICOM_EXTENSIONS
-MIN_SIDE = 16
 MAX_PIXELS = 12_000 * 12_000  # larger is treated as a decompression bomb
-
-
-@dataclass(frozen=True)
-class Scan:
-    """A scan as grayscale intensities in [0, 1] at its original size, with its content hash."""
-
-    path: Path
-    pixels: np.ndarray  # float32, (height, width)
-    sha256: str
-    kind: str  # "png", "jpeg", "dicom", ...
-    notes: tuple[str, ...] = ()  # what reading decided for the user to know (the bit depth it assumed)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width)."""
-        return int(self.pixels.shape[0]), int(self.pixels.shape[1])
 
 
 @dataclass(frozen=True)

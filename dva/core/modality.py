@@ -15,62 +15,17 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dva.core import io
+from dva.core.contracts import ImageResult, ScanImage, ScanInput
 from dva.core.errors import ConfigError, PluginError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TOLERANCE = 1e-4  # how far outside [0, 1] a reader's float pixels may stray (rounding) before it is a bug
-
-
-@dataclass(frozen=True)
-class ScanImage:
-    """One 2-D image of an input file, at its own size, before it is fitted to the model.
-
-    ``name`` is "" when the file is a single image; otherwise it is unique within the file and names
-    the image's output folder (``OUT/<file>/<name>/``), e.g. ``z042`` for an axial slice.
-    """
-
-    pixels: np.ndarray  # float32 (height, width) in [0, 1]
-    name: str = ""
-    mask: np.ndarray | None = None  # bool (height, width): maps are zero outside it
-
-
-@dataclass(frozen=True)
-class ScanInput:
-    """What a modality reader makes of one input file.
-
-    ``sha256`` hashes the file's bytes (a rerun resumes when it matches); ``context`` is anything the
-    modality's writer needs to map outputs back onto the file (an affine, a shape, slice indices).
-    """
-
-    path: Path
-    sha256: str
-    kind: str
-    images: tuple[ScanImage, ...]
-    context: Any = None
-    notes: tuple[str, ...] = ()  # what the reader assumed that the user should know (reported per image)
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """One image's results, as a modality writer receives them (full size, the image's own grid).
-
-    ``counterfactual`` is the gray healthy counterfactual in [0, 1] as saved in
-    ``fullsize/counterfactual.png``; ``attribution`` is the signed map ``input - counterfactual``
-    (zero outside the image's mask) as saved in ``attribution.safetensors`` (``attribution_fullsize``).
-    Both are read back from the image's ``folder``, so a resumed run gives its writer the same values.
-    """
-
-    image: ScanImage
-    folder: Path
-    counterfactual: np.ndarray
-    attribution: np.ndarray
 
 
 def _accepts(function: Any, name: str) -> bool:

@@ -6,32 +6,6 @@ writes synthetic chest X-rays in the COVID-19 Radiography layout with ground-tru
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dva.core.contracts import LabelledDataset, Sample
 
-
-@dataclass(frozen=True)
-class Sample:
-    """One labelled image, with optional lung mask, ground-truth lesion mask and its own prompt."""
-
-    path: Path
-    label: str
-    mask: Path | None = None
-    lesion: Path | None = None
-    prompt: str | None = None
-
-
-@dataclass
-class LabelledDataset:
-    """The samples of one dataset location, in a stable order."""
-
-    root: Path
-    layout: str
-    samples: list[Sample] = field(default_factory=list)
-
-    def classes(self) -> list[str]:
-        """Class labels in order of first appearance."""
-        return list(dict.fromkeys(sample.label for sample in self.samples))
-
-    def by_class(self, label: str) -> list[Sample]:
-        return [sample for sample in self.samples if sample.label == label]
+__all__ = ["LabelledDataset", "Sample"]
