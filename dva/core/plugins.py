@@ -4,6 +4,10 @@ A plugin that fails to import (or whose hooks raise, or that calls ``sys.exit``)
 distribution, version and error, shown by ``dva plugins``, and never stops the rest from loading
 unless ``strict``. Its ``register_commands`` hook runs here too, on a collecting group, so a plugin
 whose commands fail is left out whole like any other broken plugin, and ``dva --help`` still works.
+
+Hooks are found and called through pluggy (its hook implementations, not functions looked up by
+name), one plugin at a time: ``@hookimpl(specname=...)`` and implementations that take fewer
+arguments than their hook work as pluggy documents them.
 """
 
 from __future__ import annotations
@@ -110,6 +114,32 @@ def _new_manager() -> pluggy.PluginManager:
     return manager
 
 
+def _implementations(manager: pluggy.PluginManager, plugin: Any, hook_name: str) -> list[pluggy.HookImpl]:
+    """``plugin``'s implementations of ``hook_name``, whatever their function names (pluggy's ``specname``),
+    in the order pluggy calls them."""
+    found = [impl for impl in reversed(getattr(manager.hook, hook_name).get_hookimpls()) if impl.plugin is plugin]
+    for impl in found:
+        if impl.hookwrapper or impl.wrapper:
+            raise PluginError(f"{impl.function.__name__} is a wrapper of {hook_name}; dva's hooks take no wrappers.")
+    return found
+
+
+def _call(manager: pluggy.PluginManager, plugin: Any, hook_name: str, **arguments: Any) -> None:
+    """Call ``plugin``'s implementations of ``hook_name`` as pluggy does, each with only the arguments it
+    names (opt-in arguments: one that names none is called with none).
+
+    One plugin at a time, rather than ``manager.hook.<name>(...)`` for all, so that a hook that raises
+    marks only its own plugin broken.
+    """
+    for impl in _implementations(manager, plugin, hook_name):
+        returned = impl.function(*(arguments[name] for name in impl.argnames))
+        if returned is not None:
+            raise PluginError(
+                f"{impl.function.__name__} ({hook_name}) returned {type(returned).__name__}; dva's hooks return "
+                "nothing: call register(spec) for each component instead."
+            )
+
+
 def _commands_of(manager: pluggy.PluginManager, plugin: Any) -> dict[str, click.Command]:
     """The commands ``plugin``'s ``register_commands`` adds, collected on a group of their own.
 
@@ -117,27 +147,28 @@ def _commands_of(manager: pluggy.PluginManager, plugin: Any) -> dict[str, click.
     raises only marks its plugin broken, and a command name two plugins add is caught as a clash.
     """
     group = click.Group(name="dva")
-    for implementation in manager.hook.register_commands.get_hookimpls():
-        if implementation.plugin is plugin:
-            implementation.function(**{name: group for name in implementation.argnames})
+    _call(manager, plugin, "register_commands", cli=group)
     return dict(group.commands)
 
 
-def _collect(manager: pluggy.PluginManager, plugin: Any, info: PluginInfo, catalogue: Catalogue) -> None:
-    """Run one plugin's register hooks and add what it registers (all or nothing)."""
+def _registered(manager: pluggy.PluginManager, plugin: Any, info: PluginInfo) -> list[Registered]:
+    """Every spec ``plugin``'s register hooks register, each checked to be of its hook's spec class."""
     found: list[Registered] = []
     for kind, hook_name in HOOK_FOR_KIND.items():
-        implementation = getattr(plugin, hook_name, None)
-        if implementation is None:
-            continue
         spec_type = SPEC_KINDS[kind]
 
-        def register(spec: Any, _kind: str = kind, _type: type = spec_type) -> None:
+        def register(spec: Any, _hook: str = hook_name, _type: type = spec_type) -> None:
             if not isinstance(spec, _type):
-                raise PluginError(f"{hook_name} must register {_type.__name__} objects, got {type(spec).__name__}.")
+                raise PluginError(f"{_hook} must register {_type.__name__} objects, got {type(spec).__name__}.")
             found.append(Registered(spec, info))
 
-        implementation(register=register)
+        _call(manager, plugin, hook_name, register=register)
+    return found
+
+
+def _collect(manager: pluggy.PluginManager, plugin: Any, info: PluginInfo, catalogue: Catalogue) -> None:
+    """Run one plugin's hooks and add what it registers (all or nothing)."""
+    found = _registered(manager, plugin, info)
     seen: dict[tuple[str, str], PluginInfo] = {}
     for item in found:
         key = (item.spec.kind, item.spec.name)
