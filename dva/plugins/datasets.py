@@ -6,7 +6,7 @@ dataset is opened, so ``dva plugins`` stays light.
 
 from __future__ import annotations
 
-from dva.core.hookspecs import hookimpl
+from dva.core.hookspecs import RegisterDataset, hookimpl
 from dva.core.specs import DatasetSpec, Option
 
 LAYOUTS = "dva.datasets.layouts"
@@ -42,6 +42,6 @@ BUILTIN_DATASETS = (
 
 
 @hookimpl
-def register_datasets(register):
+def register_datasets(register: RegisterDataset) -> None:
     for spec in BUILTIN_DATASETS:
         register(spec)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dva.core.hookspecs import hookimpl
+from dva.core.hookspecs import RegisterEncoder, hookimpl
 from dva.core.specs import EncoderSpec, Option
 
 IMPLEMENTATION = "dva.components.text_encoders:TextEncoder"
@@ -45,6 +45,6 @@ BUILTIN_ENCODERS = (
 
 
 @hookimpl
-def register_encoders(register):
+def register_encoders(register: RegisterEncoder) -> None:
     for spec in BUILTIN_ENCODERS:
         register(spec)

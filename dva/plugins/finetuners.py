@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dva.core.hookspecs import hookimpl
+from dva.core.hookspecs import RegisterFinetuner, hookimpl
 from dva.core.specs import FinetunerSpec
 
 BUILTIN_FINETUNERS = (
@@ -27,6 +27,6 @@ BUILTIN_FINETUNERS = (
 
 
 @hookimpl
-def register_finetuners(register):
+def register_finetuners(register: RegisterFinetuner) -> None:
     for spec in BUILTIN_FINETUNERS:
         register(spec)

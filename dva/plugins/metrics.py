@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dva.core.hookspecs import hookimpl
+from dva.core.hookspecs import RegisterMetric, hookimpl
 from dva.core.specs import MetricSpec, Option
 
 LOCALISATION_COLUMNS = (
@@ -60,6 +60,6 @@ BUILTIN_METRICS = (
 
 
 @hookimpl
-def register_metrics(register):
+def register_metrics(register: RegisterMetric) -> None:
     for spec in BUILTIN_METRICS:
         register(spec)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dva.core.hookspecs import hookimpl
+from dva.core.hookspecs import RegisterModality, hookimpl
 from dva.core.io import SUPPORTED_EXTENSIONS
 from dva.core.specs import ModalitySpec, Option
 
@@ -17,5 +17,5 @@ CHEST_XRAY = ModalitySpec(
 
 
 @hookimpl
-def register_modalities(register):
+def register_modalities(register: RegisterModality) -> None:
     register(CHEST_XRAY)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dva.core.hookspecs import hookimpl
+from dva.core.hookspecs import RegisterPrior, hookimpl
 from dva.core.specs import Option, PriorSpec
 
 STRENGTH = Option(float, 0.85, "fraction of the noise schedule the input is noised to (SDEdit t0/T)", 0.0, 1.0)
@@ -43,6 +43,6 @@ BUILTIN_PRIORS = (
 
 
 @hookimpl
-def register_priors(register):
+def register_priors(register: RegisterPrior) -> None:
     for spec in BUILTIN_PRIORS:
         register(spec)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dva.core.hookspecs import hookimpl
+from dva.core.hookspecs import RegisterScheduler, hookimpl
 from dva.core.specs import SchedulerSpec
 
 BUILTIN_SCHEDULERS = (
@@ -27,6 +27,6 @@ BUILTIN_SCHEDULERS = (
 
 
 @hookimpl
-def register_schedulers(register):
+def register_schedulers(register: RegisterScheduler) -> None:
     for spec in BUILTIN_SCHEDULERS:
         register(spec)
