@@ -1,9 +1,9 @@
 """dva: diffusion visual attribution for medical images.
 
 The public API for plugin authors, one import: the ``hookimpl`` marker, the spec classes a plugin
-registers, the contracts its implementations follow and the data they exchange
-(:mod:`dva.core.contracts`), the errors that reach users as one clear sentence, and a few file
-helpers. Importing this module imports neither torch nor numpy: the helpers and ``FinetuneConfig``
+registers and the typed ``register`` callbacks its hooks receive, the contracts its implementations
+follow and the data they exchange (:mod:`dva.core.contracts`), the errors that reach users as one
+clear sentence, and a few file helpers. Importing this module imports neither torch nor numpy: the helpers and ``FinetuneConfig``
 load on first use.
 """
 
@@ -34,7 +34,16 @@ from dva.core.contracts import (
     TextEncoder,
 )
 from dva.core.errors import ConfigError, DvaError, InputError, MetricUnavailable, PluginError
-from dva.core.hookspecs import hookimpl
+from dva.core.hookspecs import (
+    RegisterDataset,
+    RegisterEncoder,
+    RegisterFinetuner,
+    RegisterMetric,
+    RegisterModality,
+    RegisterPrior,
+    RegisterScheduler,
+    hookimpl,
+)
 from dva.core.specs import (
     ComponentSpec,
     DatasetSpec,
@@ -97,6 +106,13 @@ __all__ = [
     "PluginError",
     "Prior",
     "PriorSpec",
+    "RegisterDataset",
+    "RegisterEncoder",
+    "RegisterFinetuner",
+    "RegisterMetric",
+    "RegisterModality",
+    "RegisterPrior",
+    "RegisterScheduler",
     "Sample",
     "Scan",
     "ScanImage",

@@ -152,15 +152,18 @@ class LabelledDataset:
 class Prior(Protocol):
     """A ``PriorSpec``'s implementation: a class built with the spec's checked options.
 
-    A prior that draws no noise (DDIM inversion) also sets the class attribute ``deterministic = True``,
-    and ``dva run`` then refuses ``--samples`` above 1 for it.
+    A class may subclass it to inherit ``condition`` (none). A prior that draws no noise (DDIM inversion)
+    also sets the class attribute ``deterministic = True``, and ``dva run`` then refuses ``--samples``
+    above 1 for it.
     """
 
     def load(self, parts: ModelParts) -> None:
         """Build the pipeline from the loaded model parts."""
 
     def condition(self, images: np.ndarray) -> np.ndarray | None:
-        """Extra conditioning images ``(B, H, W)`` for gray inputs ``(B, H, W)`` in [0, 1], or None."""
+        """Extra conditioning images ``(B, H, W)`` for gray inputs ``(B, H, W)`` in [0, 1], or None (the default),
+        handed back to ``generate`` as ``request.condition``."""
+        return None
 
     def unet_calls(self, steps: int) -> int:
         """Denoising UNet evaluations per image for ``steps`` (before guidance doubles them)."""

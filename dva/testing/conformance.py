@@ -106,7 +106,11 @@ def check_encoder(spec: Any, folder: Path, prompts: tuple[str, ...] = ("normal s
     """An encoder builds from its tiny config, encodes to ``(B, L, D)``, saves and loads back identically."""
     import torch
 
+    from dva.core.contracts import TextEncoder
+
     encoder = spec.create()
+    _require(isinstance(encoder, TextEncoder),
+             f"encoder '{spec.name}': lacks one of output_size, encode, fit_to, save_pretrained (dva.TextEncoder).")
     states = encoder.encode(list(prompts), "cpu")
     _require(
         states.ndim == 3 and states.shape[0] == len(prompts) and states.shape[2] == encoder.output_size,
@@ -127,10 +131,11 @@ def check_prior(spec: Any, options: Mapping[str, Any] | None = None, steps: int 
     [0, 1]; an image's result does not depend on the batch it is in (its own seeded generator)."""
     import torch
 
-    from dva.core.contracts import GenerateRequest, ModelParts
+    from dva.core.contracts import GenerateRequest, ModelParts, Prior
     from dva.testing.tiny import sd_scheduler, tiny_unet, tiny_vae
 
     prior = spec.create(**spec.check_options(dict(options or {}), f"prior '{spec.name}'"))
+    _require(isinstance(prior, Prior), f"prior '{spec.name}': lacks one of load, condition, unet_calls, generate (dva.Prior).")
     prior.load(ModelParts(tiny_unet(), tiny_vae(), sd_scheduler(), torch.device("cpu"), torch.float32))
     _require(prior.unet_calls(steps) >= 1, f"prior '{spec.name}': unet_calls({steps}) is below 1.")
     gray = smooth_images(2)
@@ -183,7 +188,7 @@ def check_modality(spec: Any, path: Path, folder: Path, mask: Path | None = None
     """A modality reads ``path`` into checked images the same way twice, fits them to the model and back,
     and (with a writer) writes its own outputs from the results of an unchanged image: the round trip.
 
-    Returns the :class:`dva.core.modality.ScanInput`, for your own checks of what the writer wrote.
+    Returns the :class:`dva.ScanInput`, for your own checks of what the writer wrote.
     """
     from dva.core import io
     from dva.core.modality import ImageResult

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dva.core import io
-from dva.core.errors import ConfigError, InputError
-from dva.datasets import LabelledDataset, Sample
+from dva import ConfigError, InputError, LabelledDataset, Sample, atomic_write_bytes, has_extension, strip_extension
 
 LAYOUT = "brain-mri-volumes"
 NIFTI = (".nii.gz", ".nii")
@@ -39,7 +37,7 @@ def _visible_folders(root: Path) -> list[Path]:
 
 
 def _volumes(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and io.has_extension(p, NIFTI))
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and has_extension(p, NIFTI))
 
 
 def looks_like_volume_folders(location: str | os.PathLike) -> bool:
@@ -66,14 +64,14 @@ def _write_if_changed(path: Path, data: bytes) -> None:
             return
     except OSError:
         pass
-    io.atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data)
 
 
 def _mask_for(volume: Path, masks: Path) -> Path | None:
     if not masks.is_dir():
         return None
-    stem = io.strip_extension(volume, NIFTI)
-    return next((p for p in _volumes(masks) if io.strip_extension(p, NIFTI) == stem), None)
+    stem = strip_extension(volume, NIFTI)
+    return next((p for p in _volumes(masks) if strip_extension(p, NIFTI) == stem), None)
 
 
 def open_volume_folders(location: str | os.PathLike, slices: str = "auto", cache: str | None = None) -> VolumeDataset:
@@ -93,7 +91,7 @@ def open_volume_folders(location: str | os.PathLike, slices: str = "auto", cache
                 source = read_volume(volume, mask=_mask_for(volume, folder / MASKS), slices=slices)
             except InputError as error:
                 raise ConfigError(f"{error} (dataset {root}, layout {LAYOUT})") from error
-            stem = io.strip_extension(volume, NIFTI)
+            stem = strip_extension(volume, NIFTI)
             for image in source.images:
                 path = cache_root / folder.name / f"{stem}_{image.name}.png"
                 _write_if_changed(path, _png(image.pixels, sixteen_bit=True))

@@ -20,9 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dva.core import io
-from dva.core.errors import ConfigError, InputError
-from dva.core.modality import ImageResult, ScanImage, ScanInput
+from dva import MIN_SIDE, ConfigError, ImageResult, InputError, ScanImage, ScanInput, atomic_write_bytes
 
 MAX_BYTES = 1 << 30  # a decompressed volume above 1 GiB is refused (a gzip bomb, or not a single brain scan)
 SLICES_HELP = "auto, an index (42), a range (40:60 or 40:60:2) or a list (40,45,50)"
@@ -202,9 +200,9 @@ def read_volume(
     axis, layout = axial_layout(image.affine)
     count = volume.shape[axis]
     plane = [n for a, n in enumerate(volume.shape) if a != axis]
-    if min(plane) < io.MIN_SIDE:
+    if min(plane) < MIN_SIDE:
         raise InputError(
-            f"{path}: axial slices are {plane[0]}x{plane[1]} voxels; dva needs at least {io.MIN_SIDE} on each side."
+            f"{path}: axial slices are {plane[0]}x{plane[1]} voxels; dva needs at least {MIN_SIDE} on each side."
         )
     if str(slices).strip().lower() == "auto":
         areas = region.sum(axis=tuple(a for a in range(3) if a != axis))
@@ -245,7 +243,7 @@ def write_volume(folder: Path, source: ScanInput, results: list[ImageResult]) ->
         healthy = context.layout.from_image(result.counterfactual)
         counterfactual[tuple(where)] = context.low + healthy * (context.high - context.low)
     for name, volume in zip(OUTPUTS, (attribution, counterfactual)):
-        io.atomic_write_bytes(Path(folder) / name, nifti_bytes(volume.reshape(context.shape), context))
+        atomic_write_bytes(Path(folder) / name, nifti_bytes(volume.reshape(context.shape), context))
     return list(OUTPUTS)
 
 

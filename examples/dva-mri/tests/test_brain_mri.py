@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dva.core.errors import ConfigError, InputError
+from dva import ConfigError, InputError
 from dva.testing.conformance import check_dataset_layout, check_light_import, check_modality, check_plugin
 
 LAS = np.diag([-2.0, 2.0, 3.0, 1.0])  # voxel axes run to the patient's left, anterior, superior
