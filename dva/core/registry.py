@@ -6,14 +6,16 @@ never an import path. Errors name the file, the entry and the key.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, make_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from dva.core.errors import ConfigError
+from dva.core.settings import FINETUNE_SETTINGS, RUN_SETTINGS, by_name, check_finetune_table, entry_keys, recipe_fields
 from dva.core.specs import Option
 
 if sys.version_info >= (3, 11):
@@ -21,71 +23,34 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-REFERENCES = ("input", "reconstruction")
-COMPONENT_KEYS = {"encoder": "encoder", "prior": "prior", "scheduler": "scheduler", "modality": "modality"}
-
-PLAIN_KEYS: dict[str, Option] = {
-    "description": Option(str, ""),
-    "extends": Option(str, None),
-    "model": Option(str, None, "diffusers Stable Diffusion folder, hub id, or dva model folder"),
-    "revision": Option(str, None, "the hub revision (branch, tag or commit) of a hub model; default: main"),
-    "steps": Option(int, 50, "scheduler steps (img2img runs int(steps * strength) of them)", 1, 1000),
-    "guidance_scale": Option(float, 7.5, "classifier-free guidance scale (1 or less: none)", 0.0, 100.0),
-    "prompt": Option(str, None, "text the counterfactual is steered to (default: the model's healthy prompt, else the modality's)"),
-    "negative_prompt": Option(str, ""),
-    "seed": Option(int, 0, "seed of every image's own generator", 0, 2**63 - 1),
-    "batch_size": Option(int, 1, "images per UNet batch (outputs do not depend on it)", 1, 4096),
-    "samples": Option(int, 1, "counterfactuals per image (seeds seed..seed+K-1): map from their mean, plus a per-pixel uncertainty", 1, 64),
-    "reference": Option(str, "input", "what the counterfactual is subtracted from: the input (the thesis' map), or the "
-                        "prior's unconditional reconstruction from the same noise", choices=REFERENCES),
-    "device": Option(str, "auto", "auto, cpu, cuda, cuda:N or mps"),
-    "dtype": Option(str, "auto", "auto, float32, float16 or bfloat16", choices=("auto", "float32", "float16", "bfloat16")),
-    "finetune": Option(dict, None, "settings of `dva finetune --entry` (see docs/finetune.md)"),
-    "compile": Option(bool, False, "torch.compile the UNet (GPU; the first batch pays the compile time)"),
-    "channels_last": Option(bool, False, "UNet and VAE in channels-last memory layout (faster convolutions on GPUs)"),
-    "vae_slicing": Option(bool, False, "decode a batch one image at a time (less memory at large batch sizes)"),
-}
-
-DEFAULT_COMPONENTS = {"encoder": None, "prior": "sdedit", "scheduler": None, "modality": "chest-xray"}
+SETTINGS = by_name(RUN_SETTINGS)
+PLAIN_KEYS: dict[str, Option] = entry_keys(RUN_SETTINGS)
+COMPONENT_KEYS: tuple[str, ...] = tuple(setting.name for setting in RUN_SETTINGS if setting.component)
+DEFAULT_COMPONENTS: dict[str, str | None] = {kind: SETTINGS[kind].option.default for kind in COMPONENT_KEYS}
 # Options that stay when a flag switches the component to another one that has them too. A prior's
 # strength is the noise level of the comparison, not the prior's own; an encoder's path, a ControlNet's
 # weights or a tokenizer length belong to their component and never carry over.
 CARRIED_OPTIONS: dict[str, tuple[str, ...]] = {"prior": ("strength",)}
 
 
-@dataclass
-class Recipe:
-    """A fully resolved combination: what ``dva run`` will do."""
+def _recipe_class() -> type:
+    """The recipe dataclass, one field per recipe setting of :data:`RUN_SETTINGS` (in their order)."""
 
-    entry: str | None = None
-    description: str = ""
-    model: str | None = None
-    revision: str | None = None
-    modality: str = "chest-xray"
-    modality_options: dict[str, Any] = field(default_factory=dict)
-    encoder: str | None = None
-    encoder_options: dict[str, Any] = field(default_factory=dict)
-    prior: str = "sdedit"
-    prior_options: dict[str, Any] = field(default_factory=dict)
-    scheduler: str | None = None
-    scheduler_options: dict[str, Any] = field(default_factory=dict)
-    steps: int = 50
-    guidance_scale: float = 7.5
-    prompt: str | None = None
-    negative_prompt: str = ""
-    seed: int = 0
-    batch_size: int = 1
-    samples: int = 1
-    reference: str = "input"
-    device: str = "auto"
-    dtype: str = "auto"
-    finetune: dict[str, Any] | None = None
-    compile: bool = False
-    channels_last: bool = False
-    vae_slicing: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self: Any) -> dict[str, Any]:
         return asdict(self)
+
+    fields = [
+        (name, annotation, field(default_factory=lambda value=default: copy.deepcopy(value))
+         if isinstance(default, (dict, list)) else default)
+        for name, annotation, default in recipe_fields(RUN_SETTINGS)
+    ]
+    recipe = make_dataclass("Recipe", fields, namespace={"to_dict": to_dict})
+    recipe.__module__ = __name__
+    recipe.__doc__ = "A fully resolved combination: what ``dva run`` will do (fields: dva.core.settings.RUN_SETTINGS)."
+    return recipe
+
+
+Recipe = _recipe_class()
 
 
 @dataclass(frozen=True)
@@ -171,6 +136,161 @@ def _chain(entries: dict[str, Entry], name: str) -> list[Entry]:
     return list(reversed(chain))
 
 
+def _flag(key: str) -> str:
+    """How a flag override is named in messages: the setting's flag (``--strength``, ``--prior-option``)."""
+    setting = SETTINGS.get(key)
+    if setting is not None and setting.flag:
+        return setting.flags[0]
+    if setting is not None and setting.target and "." not in setting.target:
+        return f"--{setting.target}-option"
+    return "--" + key.replace("_", "-")
+
+
+def _override_order(item: tuple[str, Any]) -> int:
+    """Component switches first, so the options flags give apply to the component the flags chose; then a
+    component's ``KEY=VALUE`` options, then its dedicated flags (``--strength`` wins over ``strength=``), then
+    the rest."""
+    setting = SETTINGS.get(item[0])
+    if setting is None or not (setting.component or setting.target):
+        return 3
+    return 0 if setting.component else 1 if "." not in setting.target else 2
+
+
+@dataclass
+class Draft:
+    """A recipe being merged, entry first (its ``extends`` chain, root first), then flags; checked as it goes,
+    except for the components' options, which :meth:`build` checks against the catalogue once.
+
+    ``names``/``options`` hold each component's name and options; ``carried`` the options a component switched by
+    a flag kept (:data:`CARRIED_OPTIONS`); ``where`` names where each value came from, for messages; ``finetune``
+    holds the ``finetune`` tables given (values, where, given by flags), checked by :meth:`build`.
+    """
+
+    entry: str | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    names: dict[str, str | None] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=lambda: {kind: {} for kind in COMPONENT_KEYS})
+    carried: dict[str, set[str]] = field(default_factory=lambda: {kind: set() for kind in COMPONENT_KEYS})
+    where: dict[str, str] = field(default_factory=dict)
+    finetune: list[tuple[dict[str, Any], str, bool]] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, entries: dict[str, Entry], entry: str | None) -> Draft:
+        """The draft of ``entry`` (``None``: no entry, the schema's defaults)."""
+        draft = cls(entry)
+        for item in _chain(entries, entry) if entry is not None else ():
+            draft.add_entry(item)
+        return draft
+
+    def component(self, kind: str) -> str | None:
+        """The component of ``kind`` chosen so far (its default when none was)."""
+        return self.names.get(kind, DEFAULT_COMPONENTS[kind])
+
+    def add_entry(self, item: Entry) -> None:
+        """Merge one entry table over what is there."""
+        for key, value in item.values.items():
+            where = f"{item.source} [entries.{item.name}] key '{key}'"
+            setting = SETTINGS.get(key)
+            if setting is None or not setting.in_entry:
+                known = ", ".join(sorted(PLAIN_KEYS.keys() | COMPONENT_KEYS))
+                raise ConfigError(f"{where}: unknown key (known: {known}).")
+            if setting.component:
+                name, options = _component(value, where)
+                if self.names.get(key) != name:
+                    self.options[key] = {}
+                self.names[key] = name
+                self.options[key].update(options)
+            elif key == "finetune":
+                self.finetune.append((value, where, False))
+            else:
+                self.values[key] = setting.option.check(value, where)
+            self.where[key] = where
+
+    def apply(self, overrides: dict[str, Any] | None, where: dict[str, str] | None = None) -> Draft:
+        """Merge flag values over the entry's (``None`` values are unset flags); ``where`` names a key's flag
+        where it is not the setting's own. Keys are settings of :data:`RUN_SETTINGS` that a registry entry may
+        hold or that set a component's options (``strength``, ``prior_options``, ...), and ``finetune`` (a table)."""
+        where = where or {}
+        for key, value in sorted((overrides or {}).items(), key=_override_order):
+            if value is None:
+                continue
+            said = where.get(key) or _flag(key)
+            setting = SETTINGS.get(key)
+            if key == "finetune":
+                self.finetune.append((value, said, True))
+            elif setting is None or not (setting.in_entry or setting.target):
+                raise ConfigError(f"{said}: not a setting of a recipe.")
+            elif setting.component:
+                self._switch(key, value, said)
+            elif setting.target:
+                self._set_options(setting.target, value, said)
+            else:
+                self.values[key] = setting.option.check(value, said)
+        return self
+
+    def _switch(self, kind: str, name: str, where: str) -> None:
+        if self.names.get(kind) != name:
+            keep = CARRIED_OPTIONS.get(kind, ())
+            self.options[kind] = {k: v for k, v in self.options[kind].items() if k in keep}
+            self.carried[kind] = set(self.options[kind])
+        self.names[kind] = name
+        self.where[kind] = where
+
+    def _set_options(self, target: str, value: Any, where: str) -> None:
+        kind, _, option = target.partition(".")
+        given = {option: value} if option else dict(value)
+        self.options[kind].update(given)
+        self.carried[kind].difference_update(given)
+        self.where.update({f"{kind}.{key}": where if option else f"{where} {key}" for key in given})
+
+    def build(self, catalogue: Any) -> Recipe:
+        """The :data:`Recipe`: each component's options checked against its spec, defaults filled in."""
+        recipe = Recipe(entry=self.entry)
+        for key, value in self.values.items():
+            if SETTINGS[key].in_recipe:
+                setattr(recipe, key, value)
+        for kind in COMPONENT_KEYS:
+            setattr(recipe, kind, self.component(kind))
+            setattr(recipe, f"{kind}_options", self._component_options(kind, catalogue))
+        if self.finetune:
+            recipe.finetune = self._finetune_table(catalogue)
+        return recipe
+
+    def _component_options(self, kind: str, catalogue: Any) -> dict[str, Any]:
+        name, options = self.component(kind), self.options[kind]
+        if name is None:
+            return options
+        where = self.where.get(kind, kind)
+        try:
+            spec = catalogue.get(kind, name)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from error
+        options = {k: v for k, v in options.items() if k in spec.options or k not in self.carried[kind]}
+        option_where = {k.split(".", 1)[1]: w for k, w in self.where.items() if k.startswith(kind + ".")}
+        return spec.check_options(options, where, option_where)
+
+    def _finetune_table(self, catalogue: Any) -> dict[str, Any]:
+        """The ``finetune`` tables merged in order, each checked; a key the schema lacks is checked against the
+        options of the table's strategy."""
+        known = entry_keys(FINETUNE_SETTINGS)
+        tables = [values for values, _, _ in self.finetune if isinstance(values, dict)]
+        strategy_options = None
+        if any(key not in known for values in tables for key in values):
+            strategy = next((t["strategy"] for t in reversed(tables) if isinstance(t.get("strategy"), str)),
+                            known["strategy"].default)
+            strategy_options = catalogue.get("finetuner", strategy).options
+        merged: dict[str, Any] = {}
+        for values, where, flags in self.finetune:
+            key_where = _finetune_flag if flags else None
+            merged.update(check_finetune_table(values, where, strategy_options, key_where))
+        return merged
+
+
+def _finetune_flag(key: str) -> str:
+    setting = by_name(FINETUNE_SETTINGS).get(key)
+    return setting.flags[0] if setting is not None and setting.flag else f"--finetune-option {key}"
+
+
 def resolve(
     entries: dict[str, Entry],
     catalogue: Any,
@@ -178,90 +298,13 @@ def resolve(
     overrides: dict[str, Any] | None = None,
     override_where: dict[str, str] | None = None,
 ) -> Recipe:
-    """Merge an entry (and its ancestors) with CLI overrides, check every value, fill defaults.
+    """Merge an entry (and its ancestors) with flag values, check every value, fill defaults: the one merge path
+    of ``dva run``, ``dva compare`` and ``dva finetune`` (see :class:`Draft` for the keys of ``overrides``).
 
-    ``overrides`` uses recipe keys plus ``strength`` (a prior option), ``encoder_path`` (an encoder
-    option), ``encoder_options``, ``prior_options`` and ``modality_options`` (dicts); ``override_where``
-    maps keys to flag names for messages. A component switched by an override keeps only the entry's
-    :data:`CARRIED_OPTIONS` that the new component also has.
+    A component switched by an override keeps only the entry's :data:`CARRIED_OPTIONS` that the new component
+    also has.
     """
-    merged: dict[str, Any] = {}
-    where_of: dict[str, str] = {}
-    component_options: dict[str, dict[str, Any]] = {kind: {} for kind in COMPONENT_KEYS}
-    carried: dict[str, set[str]] = {kind: set() for kind in COMPONENT_KEYS}
-    if entry is not None:
-        for item in _chain(entries, entry):
-            for key, value in item.values.items():
-                where = f"{item.source} [entries.{item.name}] key '{key}'"
-                if key in COMPONENT_KEYS:
-                    name, options = _component(value, where)
-                    previous = merged.get(key)
-                    if previous != name:
-                        component_options[key] = {}
-                    merged[key] = name
-                    component_options[key].update(options)
-                elif key == "finetune":
-                    from dva.finetune.settings import check_finetune_table
-
-                    merged[key] = {**merged.get(key, {}), **check_finetune_table(value, where)}
-                elif key in PLAIN_KEYS:
-                    merged[key] = PLAIN_KEYS[key].check(value, where)
-                else:
-                    raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted({*PLAIN_KEYS, *COMPONENT_KEYS}))}).")
-                where_of[key] = where
-    override_where = override_where or {}
-    # Component switches first, so options given by flags apply to the component the flags chose.
-    ordered = sorted((overrides or {}).items(), key=lambda item: item[0] not in COMPONENT_KEYS)
-    for key, value in ordered:
-        if value is None:
-            continue
-        where = override_where.get(key, f"--{key.replace('_', '-')}")
-        if key == "strength":
-            component_options["prior"]["strength"] = value
-            carried["prior"].discard("strength")
-            where_of["prior.strength"] = where
-        elif key == "encoder_path":
-            component_options["encoder"]["path"] = value
-            carried["encoder"].discard("path")
-            where_of["encoder.path"] = where
-        elif key == "encoder_options":
-            component_options["encoder"].update(value)
-            carried["encoder"].difference_update(value)
-            where_of.update({f"encoder.{option}": f"--encoder-option {option}" for option in value})
-        elif key == "prior_options":
-            component_options["prior"].update(value)
-            carried["prior"].difference_update(value)
-        elif key == "modality_options":
-            component_options["modality"].update(value)
-            where_of.update({f"modality.{option}": f"--modality-option {option}" for option in value})
-        elif key in COMPONENT_KEYS:
-            if merged.get(key) != value:
-                keep = CARRIED_OPTIONS.get(key, ())
-                component_options[key] = {k: v for k, v in component_options[key].items() if k in keep}
-                carried[key] = set(component_options[key])
-            merged[key] = value
-            where_of[key] = where
-        else:
-            merged[key] = PLAIN_KEYS[key].check(value, where)
-    recipe = Recipe(entry=entry)
-    for key in PLAIN_KEYS:
-        if key in merged and key != "extends":
-            setattr(recipe, key, merged[key])
-    for kind in COMPONENT_KEYS:
-        name = merged.get(kind, DEFAULT_COMPONENTS[kind])
-        options = component_options[kind]
-        if name is not None:
-            where = where_of.get(kind, kind)
-            try:
-                spec = catalogue.get(kind, name)
-            except ConfigError as error:
-                raise ConfigError(f"{where}: {error}") from error
-            options = {k: v for k, v in options.items() if k in spec.options or k not in carried[kind]}
-            option_where = {k.split(".", 1)[1]: w for k, w in where_of.items() if k.startswith(kind + ".")}
-            options = spec.check_options(options, where, option_where)
-        setattr(recipe, kind, name)
-        setattr(recipe, f"{kind}_options", options)
-    return recipe
+    return Draft.of(entries, entry).apply(overrides, override_where).build(catalogue)
 
 
 def validate(entries: dict[str, Entry], catalogue: Any) -> list[str]:
