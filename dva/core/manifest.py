@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from dva.core.io import atomic_write_text
+# The recipe settings that change no pixel of an image's outputs (declared with outputs=False), so a rerun
+# may differ in them and still resume.
+from dva.core.settings import NOT_IN_FINGERPRINT
 
 RECORD = "record.json"
 MANIFEST = "manifest.json"
-# Settings that change no pixel of an image's outputs, so a rerun may differ in them and still resume.
-# What changes speed or memory but not the images (beyond float rounding), and labels.
-NOT_IN_FINGERPRINT = ("batch_size", "entry", "description", "finetune", "compile", "channels_last", "vae_slicing")
 
 
 def versions() -> dict[str, str]:

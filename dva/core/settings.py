@@ -13,7 +13,7 @@ list of flags, ``dva.cli.run.RUN_FLAGS``), then ``make docs``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,10 +274,14 @@ FINETUNE_SETTINGS: tuple[Setting, ...] = (
 )
 
 
-def check_finetune_table(values: Any, where: str, strategy_options: dict[str, Option] | None = None) -> dict[str, Any]:
+def check_finetune_table(
+    values: Any, where: str, strategy_options: dict[str, Option] | None = None,
+    key_where: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
     """Validate a ``finetune`` table; only the keys given are returned (the rest stay defaults).
 
     A key this schema lacks is checked against ``strategy_options``, the options its strategy's spec declares.
+    ``key_where`` names a key in messages (a flag), instead of ``where`` and the key.
     """
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: must be a table of fine-tuning settings, e.g. {{ schedule = \"Normal:1200\" }}.")
@@ -285,7 +289,8 @@ def check_finetune_table(values: Any, where: str, strategy_options: dict[str, Op
     unknown = sorted(set(values) - set(options))
     if unknown:
         raise ConfigError(f"{where}: unknown fine-tuning setting '{unknown[0]}' (known: {', '.join(sorted(options))}).")
-    checked = {key: options[key].check(value, f"{where}, setting '{key}'") for key, value in values.items()}
+    name = key_where or (lambda key: f"{where}, setting '{key}'")
+    checked = {key: options[key].check(value, name(key)) for key, value in values.items()}
     for label, prompt in checked.get("class_prompts", {}).items():
         if not isinstance(prompt, str):
             raise ConfigError(f"{where}, setting 'class_prompts': the prompt of '{label}' must be text.")
