@@ -66,34 +66,64 @@ def collect_inputs(
     inside it (the run's output folder, so a rerun does not read its own outputs as inputs). Files
     named explicitly are always taken. Duplicates are dropped, keeping the first.
     """
+    return walk_inputs(paths, exclude, extensions).select(extensions)
+
+
+@dataclass(frozen=True)
+class InputWalk:
+    """The inputs walked once (see :func:`collect_inputs`): each path given, what it is (``"folder"``, ``"file"``
+    or ``"missing"``) and a folder's files of any of ``extensions``. :meth:`select` gives the files of some of
+    those extensions without walking again, so ``dva run`` can choose a modality by the files' extensions and
+    then read that modality's files."""
+
+    found: tuple[tuple[Path, str, tuple[Path, ...]], ...]
+    extensions: tuple[str, ...]
+
+    def select(self, extensions: tuple[str, ...] = SUPPORTED_EXTENSIONS) -> tuple[list[Path], list[tuple[Path, str]]]:
+        """The input files of ``extensions`` (which the walk must cover), and the paths that gave none, with why."""
+        if not set(extensions) <= set(self.extensions):
+            raise ValueError(f"the inputs were walked for {self.extensions}, not {extensions}")
+        files: list[Path] = []
+        missing: dict[Path, str] = {}
+        for path, kind, found in self.found:
+            if path in missing:
+                continue
+            if kind == "folder":
+                chosen = [p for p in found if has_extension(p, extensions)]
+                if not chosen:
+                    what = "PNG, JPEG, TIFF, BMP or DICOM" if extensions == SUPPORTED_EXTENSIONS else " or ".join(extensions)
+                    missing[path] = f"{path}: folder holds no {what} files."
+                files.extend(chosen)
+            elif kind == "file":
+                files.append(path)
+            else:
+                missing[path] = f"{path}: no such file or folder; check the path."
+        unique = list(dict.fromkeys(p.resolve() for p in files))
+        return unique, list(missing.items())
+
+
+def walk_inputs(
+    paths: Iterable[str | Path], exclude: Iterable[str | Path] = (), extensions: tuple[str, ...] = SUPPORTED_EXTENSIONS
+) -> InputWalk:
+    """Walk the folders among ``paths`` once for files of ``extensions`` (see :func:`collect_inputs`)."""
     excluded = [Path(folder).resolve() for folder in exclude]
-    files: list[Path] = []
-    missing: dict[Path, str] = {}
+    found: list[tuple[Path, str, tuple[Path, ...]]] = []
     for raw in paths:
         path = Path(raw)
-        if path in missing:
+        if not path.is_dir():
+            found.append((path, "file" if path.is_file() else "missing", ()))
             continue
-        if path.is_dir():
-            root = path.resolve()
-            inside = [folder for folder in excluded if root in folder.parents]
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if has_extension(p, extensions)
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                and p.is_file()
-                and not any(folder in p.resolve().parents for folder in inside)
-            )
-            if not found:
-                what = "PNG, JPEG, TIFF, BMP or DICOM" if extensions == SUPPORTED_EXTENSIONS else " or ".join(extensions)
-                missing[path] = f"{path}: folder holds no {what} files."
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            missing[path] = f"{path}: no such file or folder; check the path."
-    unique = list(dict.fromkeys(p.resolve() for p in files))
-    return unique, list(missing.items())
+        root = path.resolve()
+        inside = [folder for folder in excluded if root in folder.parents]
+        found.append((path, "folder", tuple(sorted(
+            p
+            for p in path.rglob("*")
+            if has_extension(p, extensions)
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            and p.is_file()
+            and not any(folder in p.resolve().parents for folder in inside)
+        ))))
+    return InputWalk(tuple(found), tuple(extensions))
 
 
 def _reason(error: BaseException) -> str:
