@@ -124,14 +124,28 @@ def claimed_by(path: Path, catalogue: Any) -> set[str]:
     }
 
 
-def modality_for_inputs(inputs: list[str], catalogue: Any, exclude: Iterable[str | Path] = ()) -> str | None:
+def _modality_extensions(catalogue: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(e for item in catalogue.components["modality"].values() for e in item.spec.extensions))
+
+
+def walk_for_any_modality(inputs: list[str], catalogue: Any, exclude: Iterable[str | Path] = ()) -> io.InputWalk:
+    """The inputs walked once for the files of every modality (and the images dva reads), so that the walk
+    serves both :func:`modality_for_inputs` and the run of whichever modality is chosen."""
+    extensions = tuple(dict.fromkeys((*io.SUPPORTED_EXTENSIONS, *_modality_extensions(catalogue))))
+    return io.walk_inputs(inputs, exclude, extensions)
+
+
+def modality_for_inputs(
+    inputs: list[str] | io.InputWalk, catalogue: Any, exclude: Iterable[str | Path] = ()
+) -> str | None:
     """The one modality whose extensions cover every input, or None when the inputs do not decide.
 
-    Files of an extension no modality lists are left out of the vote. Inputs that no single modality
-    covers (``.nii.gz`` and ``.png`` together) are a ConfigError asking to run them separately.
+    ``inputs`` are paths, or their :func:`walk_for_any_modality`. Files of an extension no modality lists are
+    left out of the vote. Inputs that no single modality covers (``.nii.gz`` and ``.png`` together) are a
+    ConfigError asking to run them separately.
     """
-    every = tuple(dict.fromkeys(e for item in catalogue.components["modality"].values() for e in item.spec.extensions))
-    files, _ = io.collect_inputs(inputs, exclude=exclude, extensions=every or io.SUPPORTED_EXTENSIONS)
+    walk = inputs if isinstance(inputs, io.InputWalk) else walk_for_any_modality(inputs, catalogue, exclude)
+    files, _ = walk.select(_modality_extensions(catalogue) or io.SUPPORTED_EXTENSIONS)
     common: set[str] | None = None
     first: dict[str, Path] = {}
     for path in files:

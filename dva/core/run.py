@@ -349,7 +349,7 @@ def write_group(out: Path, group: InputGroup, modality: Any, recipe_fingerprint:
 
 def run(
     recipe: Recipe,
-    inputs: list[str],
+    inputs: list[str] | io.InputWalk,
     out: Path,
     catalogue: Any,
     mask: str | None = None,
@@ -362,8 +362,10 @@ def run(
 ) -> RunResult:
     """Generate counterfactuals and maps for every input into ``out``; resumes what is complete.
 
-    Inputs are read with the recipe's modality: a file may hold several images (``OUT/<file>/<name>/``),
-    and a modality with a writer writes outputs of its own into ``OUT/<file>/`` once they are done.
+    ``inputs`` are paths, or their walk (:func:`dva.core.io.walk_inputs`, excluding ``out``) when the caller has
+    walked them already. Inputs are read with the recipe's modality: a file may hold several images
+    (``OUT/<file>/<name>/``), and a modality with a writer writes outputs of its own into ``OUT/<file>/`` once
+    they are done.
     ``on_start`` gets the number of inputs, ``on_more`` how many more images a file gave than one.
     ``writer_threads``: threads writing outputs while the next batch samples, ``reader_threads``: threads
     reading the next inputs meanwhile (both default to 2 on an accelerator, 0 = inline on the CPU, where
@@ -373,7 +375,8 @@ def run(
     """
     modality = catalogue.get("modality", recipe.modality)
     extensions = modality.extensions or io.SUPPORTED_EXTENSIONS
-    files, missing = io.collect_inputs(inputs, exclude=[out], extensions=extensions)
+    walk = inputs if isinstance(inputs, io.InputWalk) else io.walk_inputs(inputs, exclude=[out], extensions=extensions)
+    files, missing = walk.select(extensions)
     if not files and not missing:
         raise ConfigError("No inputs given; pass image files, DICOM files or folders.")
     if mask is not None and not Path(mask).exists():
