@@ -87,6 +87,46 @@ def test_every_conformance_check_is_documented():
     assert checks and all(f"`{name}(" in text for name in checks)
 
 
+def section(title: str) -> str:
+    """The text of docs/plugins.md's ``## title`` section."""
+    text = DOCS.read_text(encoding="utf-8")
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_the_docs_and_the_example_plugin_use_only_public_dva_names():
+    """A plugin author imports ``dva`` (and ``dva.testing`` in tests), never dva's internals."""
+    internal = re.compile(r"^\s*(from|import)\s+dva\.(core|components|plugins|finetune|datasets)\b", re.MULTILINE)
+    example = DOCS.parents[1] / "examples" / "dva-mri"
+    for path in [DOCS, *sorted(example.rglob("*.py"))]:
+        assert not internal.search(path.read_text(encoding="utf-8")), f"{path} imports dva internals"
+    assert "dva.core" not in DOCS.read_text(encoding="utf-8")
+
+
+def test_the_smallest_prior_plugin_in_the_docs_installs_conforms_and_is_as_long_as_they_say(
+    tmp_path, dva_install_plugin
+):
+    text = section("The smallest prior plugin")
+    files = {}
+    for block in re.findall(r"^```(?:toml|python)\n(.*?)^```", text, re.MULTILINE | re.DOTALL):
+        name, _, body = block.partition("\n")
+        files[name.removeprefix("# ")] = body
+    assert set(files) == {"pyproject.toml", "dva_my_prior/__init__.py", "dva_my_prior/prior.py"}
+    for name, body in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body, encoding="utf-8")
+    lines = sum(1 for body in files.values() for line in body.splitlines() if line.strip())
+    assert f"three files, {lines} lines" in text
+    dva_install_plugin(tmp_path)
+    import dva_my_prior
+
+    specs = conformance.check_plugin(dva_my_prior)
+    conformance.check_light_import("dva_my_prior")
+    conformance.check_prior(specs["prior"]["my-sdedit"])
+    conformance.check_prior(specs["prior"]["my-sdedit"], {"strength": 0.5}, steps=4)
+
+
 # -- one test per hook ------------------------------------------------------------------------------
 
 
@@ -159,8 +199,7 @@ def test_hook_register_metrics(tmp_path):
 
 def read_stack(path, mask=None, first: int = 0):
     """A '.stack.npy' file: (N, H, W) images in [0, 1]; images from ``first`` on."""
-    from dva.core.io import file_sha256
-    from dva.core.modality import ScanImage, ScanInput
+    from dva import ScanImage, ScanInput, file_sha256
 
     stack = np.load(path)
     if stack.ndim != 3:
@@ -171,7 +210,7 @@ def read_stack(path, mask=None, first: int = 0):
 
 def write_stack(folder, source, results) -> list[str]:
     """Every image's attribution map put back into a stack of the input's shape."""
-    from dva.core.io import atomic_write_bytes
+    from dva import atomic_write_bytes
 
     maps = np.zeros(source.context["shape"], np.float32)
     for offset, result in enumerate(results):
@@ -215,7 +254,7 @@ def test_hook_register_modalities(tiny_sd, tmp_path):
 
 def open_list(location, **options):
     """A folder with ``list.txt``: one ``label file`` per line."""
-    from dva.datasets import LabelledDataset, Sample
+    from dva import LabelledDataset, Sample
 
     root = Path(location)
     rows = [line.split(maxsplit=1) for line in (root / "list.txt").read_text().splitlines() if line.strip()]
