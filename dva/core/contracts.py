@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-MIN_SIDE = 16  # the fewest pixels an image may have on a side; dva refuses smaller ones as an InputError
+MIN_SIDE = 16  # the fewest pixels on a side of an image dva reads; readers refuse smaller ones (InputError)
 
 # -- data a prior exchanges ---------------------------------------------------------------------------
 
