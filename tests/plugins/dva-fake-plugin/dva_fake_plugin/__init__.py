@@ -2,7 +2,7 @@
 
 import click
 
-from dva import EncoderSpec, ModalitySpec, Option, PriorSpec, SchedulerSpec, hookimpl
+from dva import EncoderSpec, ModalitySpec, Option, PriorSpec, RegisterScheduler, SchedulerSpec, hookimpl
 
 
 @hookimpl
@@ -31,8 +31,8 @@ def register_priors(register):
     )
 
 
-@hookimpl
-def register_schedulers(register):
+@hookimpl(specname="register_schedulers")  # a function of another name, as pluggy allows
+def schedulers(register: RegisterScheduler) -> None:
     register(SchedulerSpec(name="fake-lms", implementation="diffusers:LMSDiscreteScheduler", description="LMS"))
 
 
