@@ -8,7 +8,10 @@ from typing import Any
 
 import click
 
+from dva.cli.options import click_options, key_values, merged_flags
 from dva.core.errors import ConfigError
+from dva.core.settings import RUN_SETTINGS, Setting, command_flag, select
+from dva.core.specs import Option
 
 
 def _names(text: str | None, flag: str) -> list[str]:
@@ -41,14 +44,12 @@ def _encoder_axis(text: str | None) -> tuple[list[str], dict[str, dict[str, Any]
 
 def _named_options(pairs: tuple[str, ...], flag: str, example: str) -> dict[str, dict[str, Any]]:
     """``NAME.KEY=VALUE`` pairs (values read as TOML scalars, else text) into {name: {key: value}}."""
-    from dva.cli.run import _prior_options
-
     options: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         name, dot, rest = pair.partition(".")
         if not dot or not name or "=" not in rest:
             raise ConfigError(f"{flag} {pair}: expected NAME.KEY=VALUE, e.g. {flag} {example}.")
-        options.setdefault(name.strip(), {}).update(_prior_options((rest,), flag, example))
+        options.setdefault(name.strip(), {}).update(key_values((rest,), flag, example))
     return options
 
 
@@ -77,34 +78,46 @@ def _numbers(text: str | None, flag: str) -> list[float]:
         raise ConfigError(f"{flag} {text}: expected comma-separated numbers, e.g. {flag} 0.55,0.85.") from None
 
 
+def _axis(name: str, flag: str, help: str, **kwargs: Any) -> Setting:
+    return command_flag(name, Option(str, None, help), flag, **kwargs)
+
+
+# dva compare's own flags: the axes of the grid, each component's own options, and the evaluation.
+COMPARE_SETTINGS = (
+    _axis("encoders", "--encoders", "Comma-separated text encoders, each NAME or NAME=PATH (its own weights), e.g. "
+          "radbert=/models/RadBERT,biobert=/models/BioBERT (default: the entry's or model's own)."),
+    _axis("encoder_option", "--encoder-option", "An option of one encoder (path, max_length), repeatable, e.g. "
+          "radbert.max_length=128.", multiple=True, metavar="NAME.KEY=VALUE"),
+    _axis("priors", "--priors", "Comma-separated image priors, e.g. sdedit,controlnet-canny."),
+    _axis("prior_option", "--prior-option", "An option of one prior, repeatable, e.g. "
+          "controlnet-canny.controlnet=/models/sd-controlnet-canny.", multiple=True, metavar="NAME.KEY=VALUE"),
+    _axis("schedulers", "--schedulers", "Comma-separated schedulers, e.g. pndm,ddim,dpm-solver++."),
+    _axis("strengths", "--strength", "Comma-separated SDEdit strengths, e.g. 0.55,0.85."),
+    _axis("guidance_scales", "--guidance-scale", "Comma-separated guidance scales, e.g. 4,7.5."),
+    _axis("real", "--real", "The labelled dataset the inputs come from: adds FID and localisation.", path="any"),
+    _axis("metrics", "--metrics", "Comma-separated metrics (default: what the data allow)."),
+    _axis("fid_weights", "--fid-weights", "pytorch-fid Inception weights (state dict).", path="file"),
+    _axis("healthy_class", "--healthy-class", "The dataset's healthy class (default: Normal, Healthy or No Finding)."),
+    command_flag("out", Option(str, "dva-compare", "Output folder."), "--out", path="folder", flag_default=True),
+)
+# dva compare's flags in --help's order: its own, and those of `dva run` that every combination shares (with
+# dva compare's own --help where it says more).
+COMPARE_FLAGS = select((*RUN_SETTINGS, *COMPARE_SETTINGS), (
+    "encoders", "encoder_option", "priors", "prior_option", "schedulers", "strengths", "guidance_scales", "entry",
+    "registries", "model", "steps", "seed", "batch_size", "device", "dtype", "mask", "real", "metrics", "fid_weights",
+    "healthy_class", "strict", "out",
+), help={
+    "entry": "Registry entry every combination starts from.",
+    "steps": "Scheduler steps.",
+    "seed": "Seed of each image's own generator (the same in every combination).",
+    "batch_size": "Images per batch.",
+    "strict": "Refuse, before anything runs, any combination whose encoder the model was not trained with.",
+})
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--encoders", help="Comma-separated text encoders, each NAME or NAME=PATH (its own weights), e.g. "
-              "radbert=/models/RadBERT,biobert=/models/BioBERT (default: the entry's or model's own).")
-@click.option("--encoder-option", "encoder_option", multiple=True, metavar="NAME.KEY=VALUE",
-              help="An option of one encoder (path, max_length), repeatable, e.g. radbert.max_length=128.")
-@click.option("--priors", help="Comma-separated image priors, e.g. sdedit,controlnet-canny.")
-@click.option("--prior-option", "prior_option", multiple=True, metavar="NAME.KEY=VALUE",
-              help="An option of one prior, repeatable, e.g. controlnet-canny.controlnet=/models/sd-controlnet-canny.")
-@click.option("--schedulers", help="Comma-separated schedulers, e.g. pndm,ddim,dpm-solver++.")
-@click.option("--strength", "strengths", help="Comma-separated SDEdit strengths, e.g. 0.55,0.85.")
-@click.option("--guidance-scale", "guidance_scales", help="Comma-separated guidance scales, e.g. 4,7.5.")
-@click.option("--entry", default="default", show_default=True, help="Registry entry every combination starts from.")
-@click.option("--registry", "registries", multiple=True, type=click.Path(dir_okay=False), help="Extra registry file.")
-@click.option("--model", help="Stable Diffusion folder or hub id, or a dva model folder.")
-@click.option("--steps", type=int, help="Scheduler steps.")
-@click.option("--seed", type=int, help="Seed of each image's own generator (the same in every combination).")
-@click.option("--batch-size", type=int, help="Images per batch.")
-@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), help="Compute precision.")
-@click.option("--mask", type=click.Path(), help="Mask image, or a folder of masks matched to inputs by file stem.")
-@click.option("--real", type=click.Path(), help="The labelled dataset the inputs come from: adds FID and localisation.")
-@click.option("--metrics", help="Comma-separated metrics (default: what the data allow).")
-@click.option("--fid-weights", type=click.Path(dir_okay=False), help="pytorch-fid Inception weights (state dict).")
-@click.option("--healthy-class", help="The dataset's healthy class (default: Normal, Healthy or No Finding).")
-@click.option("--strict", is_flag=True, help="Refuse, before anything runs, any combination whose encoder the model "
-              "was not trained with.")
-@click.option("--out", default="dva-compare", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click_options(COMPARE_FLAGS)
 def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple[str, ...], priors: str | None,
             prior_option: tuple[str, ...], schedulers: str | None, strengths: str | None, guidance_scales: str | None,
             entry: str, registries: tuple[str, ...], mask: str | None, real: str | None, metrics: str | None,
@@ -120,6 +133,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     from dva.cli.evaluate import _metric_list
     from dva.core.io import atomic_write_text
     from dva.core.manifest import versions
+    from dva.core.modality import walk_for_any_modality
     from dva.core.plugins import get_catalogue
     from dva.datasets.layouts import open_dataset
     from dva.evaluate.compare import comparison_table, grid, resolve_all, run_all
@@ -133,8 +147,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     encoder_names, options = component_options(encoders, encoder_option, prior_option, strength_values)
     combinations = grid(encoder_names, _names(priors, "--priors"), _names(schedulers, "--schedulers"),
                         strength_values, _numbers(guidance_scales, "--guidance-scale"))
-    overrides = {key: value for key, value in common.items() if value is not None}
-    recipes = resolve_all(combinations, entry, registries, catalogue, overrides, options)
+    recipes = resolve_all(combinations, entry, registries, catalogue, merged_flags(RUN_SETTINGS, common), options)
     if strict:
         from dva.core.runtime import require_trained_encoder
 
@@ -161,7 +174,8 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
             warned.add(warning)
             console.print(f"[bold red]WARNING:[/] [red]{escape(warning)}[/]", highlight=False)
 
-    outcomes = run_all(combinations, recipes, list(inputs), target, catalogue, dataset, settings, mask=mask,
+    walked = walk_for_any_modality(list(inputs), catalogue, exclude=[target])  # once, for every combination
+    outcomes = run_all(combinations, recipes, walked, target, catalogue, dataset, settings, mask=mask,
                        on_combination=announce, on_loaded=loaded)
     table = comparison_table(outcomes)
     atomic_write_text(target / "comparison.csv", to_csv([table]))

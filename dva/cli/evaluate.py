@@ -14,14 +14,14 @@ from dva.core.errors import ConfigError
 
 def parse_metric_options(pairs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``METRIC.KEY=VALUE`` pairs (values read as TOML scalars) into {metric: {key: value}}."""
-    from dva.cli.run import _prior_options
+    from dva.cli.options import key_values
 
     options: dict[str, dict[str, Any]] = {}
     for pair in pairs:
         name, dot, rest = pair.partition(".")
         if not dot or "=" not in rest:
             raise ConfigError(f"--metric-option {pair}: expected METRIC.KEY=VALUE, e.g. --metric-option fid.batch_size=100.")
-        options.setdefault(name, {}).update(_prior_options((rest,)))
+        options.setdefault(name, {}).update(key_values((rest,), "--metric-option", "fid.batch_size=100"))
     return options
 
 

@@ -5,10 +5,11 @@ help, bounds, choices) and says where it lives: a key of registry entries, a fie
 command-line flag, or a flag that sets one option of a component (``--strength`` is the prior's ``strength``).
 From these tuples come the recipe dataclass (:func:`recipe_fields`), the keys a registry entry may hold
 (:func:`entry_keys`), the settings left out of the resume fingerprint (:data:`NOT_IN_FINGERPRINT`), the click
-options (``dva.cli.options``) and the docs' settings tables (``dva.cli.settings_docs``).
+options (``dva.cli.options``) and the docs' settings tables (``dva.cli.settings_docs``). The ``finetune`` table's
+settings (:data:`FINETUNE_SETTINGS`) live here too, so the registry checks them without importing the trainer.
 
 Adding a run setting is one :class:`Setting` in :data:`RUN_SETTINGS` (a flag for it: its name in the command's
-list of flags, ``dva.cli.run.RUN_FLAGS``), then ``make docs``.
+list of flags, ``dva.cli.run.RUN_FLAGS``), then ``python -m dva.cli.settings_docs`` to rewrite the docs' tables.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class Setting:
     Where it lives: ``in_entry``, a registry entry may set it (and a flag's value is checked with the entry's,
     naming the flag); ``in_recipe``, a field of the resolved recipe; ``component``, it names a registered
     component (the recipe also gets ``<name>_options``); ``target``, the flag sets one option of a component
-    (``"prior.strength"``) or some of them (``"prior"``, a ``dict``); ``outputs``, it changes an image's outputs, so it is part of the resume fingerprint.
+    (``"prior.strength"``) or some of them (``"prior"``, a ``dict``); ``outputs``, it changes an image's outputs,
+    so it is part of the resume fingerprint.
 
     The flag: ``flag`` (``"--steps"``, an on/off pair ``"--compile/--no-compile"``, or ``""`` for none);
     ``flag_default``, the flag defaults to ``option.default`` (shown by ``--help``), else an unset flag is
@@ -66,7 +68,7 @@ class Setting:
         if self.path is not None and self.path not in PATH_KINDS:
             raise ValueError(f"setting {self.name}: path must be one of {PATH_KINDS}, not {self.path!r}")
         if self.target.count(".") > 1:
-            raise ValueError(f"setting {self.name}: target must be 'component' or 'component.option', not {self.target!r}")
+            raise ValueError(f"setting {self.name}: target must be 'component' or 'component.option'")
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -84,7 +86,8 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             in_entry=False, in_recipe=False, doc="a recipe from `registry.toml` (`dva registry show` lists them)"),
     Setting("registries", Option(str, None, "Extra registry file."), "--registry", path="file", multiple=True,
             in_entry=False, in_recipe=False,
-            doc="an extra registry file of your own (repeatable; also `$DVA_REGISTRY`; see [registry.md](registry.md))"),
+            doc="an extra registry file of your own (repeatable; also `$DVA_REGISTRY`; see "
+            "[registry.md](registry.md))"),
     Setting("description", Option(str, ""), outputs=False, doc="shown by `dva registry show`"),
     Setting("extends", Option(str, None), in_recipe=False, doc="start from another entry"),
     Setting("model", Option(str, None, "Stable Diffusion folder or hub id, or a dva model folder."), "--model",
@@ -96,10 +99,11 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             "refused for a local folder; recorded in the manifest"),
     Setting("modality", Option(str, "chest-xray", "Modality of the inputs (chest-xray, or a plugin's); default: "
             "chosen by their extension."), "--modality", component=True,
-            doc="`chest-xray` or a plugin's (`brain-mri`); without one, the modality whose file extensions the "
-            "inputs have (`dva plugins` lists modalities)"),
+            doc="`chest-xray` or a plugin's (`brain-mri`; `dva plugins` lists modalities); without one, the modality "
+            "whose file extensions the inputs have (see [Inputs](usage.md#inputs))"),
     Setting("modality_options", Option(dict, None, "A modality option (e.g. brain-mri's slices=40:60), repeatable."),
-            "--modality-option", in_entry=False, in_recipe=False, target="modality", metavar="KEY=VALUE", example="slices=40:60",
+            "--modality-option", in_entry=False, in_recipe=False, target="modality", metavar="KEY=VALUE",
+            example="slices=40:60",
             doc="a modality option, e.g. `slices=40:60` for `brain-mri`"),
     Setting("bit_depth", Option(int, None, "Bits that hold data in 16-bit images (e.g. 12); default: detected from the "
             "values, and said.", 1, 16), "--bit-depth", in_entry=False, in_recipe=False, target="modality.bit_depth",
@@ -108,7 +112,8 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             "own."), "--encoder", component=True, unset="the model's own",
             doc="`radbert`, `biobert`, `pubmedclip`, `clip`, or a plugin's; options: `path`, `max_length` (1-512, "
             "default 77)"),
-    Setting("encoder_options", Option(dict, None, "Encoder options."), in_entry=False, in_recipe=False, target="encoder",
+    Setting("encoder_options", Option(dict, None, "Encoder options."), in_entry=False, in_recipe=False,
+            target="encoder",
             doc="options of the encoder (`dva compare --encoder-option NAME.KEY=VALUE`)"),
     Setting("encoder_path", Option(str, None, "Load the encoder from this folder (or hub id) instead of its default."),
             "--encoder-path", in_entry=False, in_recipe=False, target="encoder.path", unset="the encoder's own",
@@ -122,7 +127,8 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             doc="a prior option, e.g. `controlnet=/models/sd-controlnet-canny`, `low_threshold=50`"),
     Setting("strength", Option(float, None, "SDEdit strength in [0, 1]: how far the input is noised."), "--strength",
             in_entry=False, in_recipe=False, target="prior.strength", unset="the prior's",
-            doc="the prior's start time as a fraction of the schedule, in [0, 1] (SDEdit's t0/T): its `strength` option"),
+            doc="the prior's start time as a fraction of the schedule, in [0, 1] (SDEdit's t0/T): its `strength` "
+            "option"),
     Setting("scheduler", Option(str, None, "Scheduler (pndm, ddim, dpm-solver++, euler, unipc); default: the model's "
             "own."), "--scheduler", component=True, unset="the model's own",
             doc="`pndm`, `ddim`, `dpm-solver++`, `euler`, `unipc`, or a plugin's"),
@@ -139,7 +145,8 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             doc="seed of each image's own generator"),
     Setting("batch_size", Option(int, 1, "Images per batch (results do not depend on it).", 1, 4096), "--batch-size",
             outputs=False, doc="images per batch; outputs do not depend on it"),
-    Setting("samples", Option(int, 1, "Counterfactuals per image (seeds seed..seed+K-1); the map comes from their mean, "
+    Setting("samples", Option(int, 1, "Counterfactuals per image (seeds seed..seed+K-1); the map comes from their "
+            "mean, "
             "and uncertainty.png shows their per-pixel standard deviation.", 1, 64), "--samples",
             doc="counterfactuals per image, seeds `seed`…`seed+K-1`: the map comes from their mean, "
             "`uncertainty.png` shows their spread (see [usage.md](usage.md#priors-which-one-when))"),
@@ -163,17 +170,25 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting("channels_last", Option(bool, False, "Channels-last memory layout for the UNet and VAE (GPU)."),
             "--channels-last/--no-channels-last", outputs=False,
             doc="UNet and VAE in channels-last memory layout (faster convolutions on GPUs)"),
-    Setting("vae_slicing", Option(bool, False, "Decode a batch one image at a time (less memory at large batch sizes)."),
-            "--vae-slicing/--no-vae-slicing", outputs=False),
+    Setting("vae_slicing", Option(bool, False, "Decode a batch one image at a time (less memory at large batch "
+            "sizes)."),
+            "--vae-slicing/--no-vae-slicing", outputs=False,
+            doc="decode a batch one image at a time (less memory at large batch sizes)"),
     Setting("strict", Option(bool, False, "Refuse an encoder the model was not trained with (another encoder, or other "
             "weights of its own), before anything loads."), "--strict", flag_default=True, in_entry=False,
-            in_recipe=False),
+            in_recipe=False, doc="refuse, before anything loads, an encoder the model was not trained with (another "
+            "encoder, or other weights of its own)"),
     Setting("out", Option(str, "dva-out", "Output folder."), "--out", path="folder", flag_default=True, in_entry=False,
-            in_recipe=False),
+            in_recipe=False, doc="output folder (see [Outputs](usage.md#outputs))"),
     Setting("num_processes", Option(int, 1, "Processes sharing the inputs on this machine (one per GPU; on the CPU, "
             "cores are shared).", 1, 1024), "--num-processes", flag_default=True, in_entry=False, in_recipe=False,
             doc="processes sharing the inputs on this machine (see [scaling.md](scaling.md))"),
 )
+
+
+def command_flag(name: str, option: Option, flag: str, **kwargs: Any) -> Setting:
+    """A command's own flag (``--out``, ``--data``): no registry key, no recipe field."""
+    return Setting(name, option, flag, in_entry=False, in_recipe=False, **kwargs)
 
 
 def by_name(settings: Iterable[Setting]) -> dict[str, Setting]:
@@ -181,7 +196,9 @@ def by_name(settings: Iterable[Setting]) -> dict[str, Setting]:
     return {setting.name: setting for setting in settings}
 
 
-def select(settings: Iterable[Setting], names: Iterable[str], help: dict[str, str] | None = None) -> tuple[Setting, ...]:
+def select(
+    settings: Iterable[Setting], names: Iterable[str], help: dict[str, str] | None = None
+) -> tuple[Setting, ...]:
     """The named settings in the order given, with a command's own ``--help`` texts where ``help`` has one."""
     from dataclasses import replace
 

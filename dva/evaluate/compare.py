@@ -104,28 +104,26 @@ def summarise(evaluation: Evaluation) -> dict[str, float]:
 
 def resolve_all(combinations: list[Combination], entry: str, registries: Sequence[str], catalogue: Any,
                 common: dict[str, Any], options: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[Any]:
-    """Every combination's recipe, resolved (and so checked) before any runs.
+    """Every combination's recipe, resolved once (and so checked) before any runs: the entry, then the flags
+    every combination shares (``common``), then the combination's own values and its components' own options.
 
     ``options`` gives components their own options by kind and name (``{"encoder": {"radbert": {"path":
     ...}}, "prior": {"controlnet-canny": {...}}}``): each applies to the combinations that use that
     component, so no encoder is ever loaded from another's path. A name no combination uses is a
     ConfigError (a typo would otherwise be ignored).
     """
-    from dva.core.registry import load_entries, resolve
+    from dva.core.registry import Draft, load_entries
 
     entries = load_entries(registries)
     options = options or {}
     used: set[tuple[str, str]] = set()
     recipes = []
     for combination in combinations:
-        overrides = {**common, **combination.overrides()}
-        recipe = resolve(entries, catalogue, entry, overrides)
-        own = {kind: by_name[getattr(recipe, kind)] for kind, by_name in options.items()
-               if getattr(recipe, kind) in by_name}
-        if own:
-            used.update((kind, getattr(recipe, kind)) for kind in own)
-            recipe = resolve(entries, catalogue, entry, {**overrides, **{f"{kind}_options": v for kind, v in own.items()}})
-        recipes.append(recipe)
+        draft = Draft.of(entries, entry).apply({**common, **combination.overrides()})
+        own = {kind: by_name[draft.component(kind)] for kind, by_name in options.items()
+               if draft.component(kind) in by_name}
+        used.update((kind, draft.component(kind)) for kind in own)
+        recipes.append(draft.apply({f"{kind}_options": values for kind, values in own.items()}).build(catalogue))
     for kind, by_name in options.items():
         for name in by_name:
             if (kind, name) not in used:
@@ -137,12 +135,14 @@ def resolve_all(combinations: list[Combination], entry: str, registries: Sequenc
     return recipes
 
 
-def run_all(combinations: list[Combination], recipes: list[Any], inputs: list[str], out: Path, catalogue: Any,
+def run_all(combinations: list[Combination], recipes: list[Any], inputs: Any, out: Path, catalogue: Any,
             dataset: Any, settings: Settings, mask: str | None = None,
             on_combination: Callable[[int, Combination], None] = lambda index, combination: None,
             run_options: dict[str, Any] | None = None,
             on_loaded: Callable[[int, Any], None] = lambda index, runtime: None) -> list[Outcome]:
     """Run and evaluate each combination into ``out/runs/<slug>``, loading each model part once.
+
+    ``inputs`` are paths, or their walk (``dva.core.io.walk_inputs``, excluding ``out``), walked once for all.
 
     A folder that holds a completed run of the same recipe is resumed (``dva run`` skips its completed
     images), so a second call gives the same outcomes. ``on_loaded`` gets each combination's loaded
