@@ -6,23 +6,15 @@ import json
 
 import click
 
+from dva.cli.options import click_option
 from dva.core.errors import ConfigError
+from dva.core.settings import RUN_SETTINGS, select
 
-REGISTRY_OPTION = click.option(
-    "--registry",
-    "registries",
-    multiple=True,
-    type=click.Path(dir_okay=False),
-    help="A registry file of your own (repeatable); its entries add to or override the built-in ones.",
-)
-
-
-DEFAULT_MEANING = {
-    "encoder": "(the model's own)",
-    "scheduler": "(the model's own)",
-    "prompt": "(the model's healthy prompt, else the modality's)",
-    "model": "(none: dva's bundled tiny model, or --model)",
-}
+(_REGISTRIES,) = select(RUN_SETTINGS, ("registries",), help={
+    "registries": "A registry file of your own (repeatable); its entries add to or override the built-in ones."})
+REGISTRY_OPTION = click_option(_REGISTRIES)
+# What an unset (None) recipe value means, shown instead of None.
+DEFAULT_MEANING = {s.name: f"({s.unset})" for s in RUN_SETTINGS if s.in_recipe and s.unset}
 
 
 @click.group()
