@@ -246,9 +246,11 @@ def run_dva(folder: Path, input_dir: Path, count: int, out: Path, settings: dict
     import dva.core.io
     import dva.core.manifest
     import dva.core.report
-    import dva.core.run
+    import dva.core.run.read
+    import dva.core.run.write
     from dva.core.plugins import get_catalogue
     from dva.core.registry import load_entries, resolve
+    from dva.core.run import RunEvents, run
 
     catalogue = get_catalogue()
     recipe = resolve(
@@ -258,13 +260,14 @@ def run_dva(folder: Path, input_dir: Path, count: int, out: Path, settings: dict
     timers = Timers()
     marks: dict[str, float] = {}
 
-    def on_loaded(runtime: Any) -> None:
-        marks["loaded"] = time.perf_counter()
-        runtime.prior.generate = timers.timed("generate", runtime.prior.generate)
+    class Clock(RunEvents):
+        def loaded(self, runtime: Any) -> None:
+            marks["loaded"] = time.perf_counter()
+            runtime.prior.generate = timers.timed("generate", runtime.prior.generate)
 
     targets = [
-        (dva.core.run, "prepare", "read + fit inputs"),
-        (dva.core.run, "write_outputs", "write_outputs (maps, 8 files)"),
+        (dva.core.run.read, "expand", "read + fit inputs"),
+        (dva.core.run.write, "write_outputs", "write_outputs (maps, 8 files)"),
         (dva.core.io, "png_bytes", "↳ of which PNG encoding"),
         (dva.core.attribution, "heatmap", "↳ of which colormaps"),
         (dva.core.manifest, "write_record", "record.json"),
@@ -276,7 +279,7 @@ def run_dva(folder: Path, input_dir: Path, count: int, out: Path, settings: dict
     ]
     with timers.wrap(targets):
         started = time.perf_counter()
-        result = dva.core.run.run(recipe, [str(input_dir)], out, catalogue, on_loaded=on_loaded)
+        result = run(recipe, [str(input_dir)], out, catalogue, events=Clock())
         finished = time.perf_counter()
     if result.count("done") != count:
         statuses = {job.key: (job.status, job.error) for job in result.jobs}
@@ -346,7 +349,7 @@ def paired_sampling(folder: Path, image: Path, settings: dict[str, Any], pairs: 
     from dva.core.contracts import GenerateRequest
     from dva.core.plugins import get_catalogue
     from dva.core.registry import load_entries, resolve
-    from dva.core.run import ImageJob, prepare
+    from dva.core.run.read import expand
     from dva.core.runtime import assemble
 
     catalogue = get_catalogue()
@@ -354,8 +357,8 @@ def paired_sampling(folder: Path, image: Path, settings: dict[str, Any], pairs: 
                      {"model": str(folder), "device": "cpu", "dtype": "float32", "seed": 0, **settings})
     runtime = assemble(recipe, catalogue)
     positive, negative = runtime.prompt_embeddings()
-    job = ImageJob(image, image.stem)
-    prepare(job, runtime.resolution, None)
+    modality = catalogue.get("modality", recipe.modality)
+    _, (job,) = expand(image, image.stem, modality, recipe.modality_options, runtime.resolution, None)
     tensor = torch.from_numpy(job.model_image)[None, None].repeat(1, 3, 1, 1)
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -385,7 +388,8 @@ def output_writing_at_scale(model_side: int, original: tuple[int, int], repeats:
     """Seconds for dva's ``write_outputs`` of one image at a real model size and a real scan size (no model)."""
     import dva.core.attribution
     import dva.core.io
-    from dva.core.run import Generated, ImageJob, write_outputs
+    from dva.core.run import Generated, ImageJob
+    from dva.core.run.write import write_outputs
 
     rng = np.random.default_rng(0)
     height, width = original

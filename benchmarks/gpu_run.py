@@ -116,15 +116,19 @@ def dva_run(model: Path, inputs: list[Path], out: Path, overrides: dict[str, Any
     """Seconds per counterfactual of ``dva run`` end to end, after loading (and a warm-up batch)."""
     from dva.core.plugins import load_catalogue
     from dva.core.registry import load_entries, resolve
-    from dva.core.run import run
+    from dva.core.run import RunEvents, run
 
     catalogue = load_catalogue(entry_points=False)
     recipe = resolve(load_entries(), catalogue, "default", {"model": str(model), **overrides})
     warm = inputs[: overrides.get("batch_size", 1)]
     run(recipe, [str(p) for p in warm], out / "warm-up", catalogue)  # compiles, fills caches
     times: dict[str, float] = {}
-    run(recipe, [str(p) for p in inputs], out / "timed", catalogue,
-        on_loaded=lambda runtime: times.setdefault("loaded", time.perf_counter()))
+
+    class Clock(RunEvents):
+        def loaded(self, runtime: Any) -> None:
+            times.setdefault("loaded", time.perf_counter())
+
+    run(recipe, [str(p) for p in inputs], out / "timed", catalogue, events=Clock())
     synchronize()
     return (time.perf_counter() - times["loaded"]) / len(inputs)
 

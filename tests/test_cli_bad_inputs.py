@@ -267,7 +267,7 @@ def test_interrupt_in_the_middle_of_writing_leaves_no_partial_file(model, good_i
     """A KeyboardInterrupt while the 2nd image's 3rd file is being written (after its bytes, before the rename)."""
     import os
 
-    import dva.core.run as run_module
+    import dva.core.run.write as run_module
 
     import threading
 

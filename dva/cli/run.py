@@ -84,57 +84,18 @@ def recipe_and_inputs(catalogue: Any, entry: str | None, registries: tuple[str, 
     return draft.apply(flags).build(catalogue), walked
 
 
-def _execute(recipe: Any, inputs: list[str], out: Path, mask: str | None, catalogue: Any, console: Any) -> int:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
+def _execute(recipe: Any, inputs: Any, out: Path, mask: str | None, catalogue: Any, console: Any) -> int:
+    """Run ``recipe`` on ``inputs`` (paths or their walk) with a progress bar on ``console``; prints the summary
+    and returns the exit status."""
+    from dva.cli.progress import RunProgress
     from dva.core.run import run as run_images
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-    )
-    task: dict[str, Any] = {}
-
-    def on_loaded(runtime: Any) -> None:
-        note = runtime.source.dva.get("note")
-        if note:
-            console.print(f"[bold yellow]Note:[/] {note}", highlight=False)
-        choice = runtime.encoder_choice
-        if choice is not None and not choice.paired:
-            from rich.markup import escape
-
-            console.print(f"[bold red]WARNING:[/] [red]{escape(choice.warning)}[/]", highlight=False)
-        console.print(
-            f"{recipe.modality} · model {runtime.source.location} · encoder {runtime.encoder.name} · prior {recipe.prior} "
-            f"(strength {recipe.prior_options.get('strength')}) · {runtime.unet_calls()} denoising steps of "
-            f"{recipe.steps}{f' · {recipe.samples} samples per image' if recipe.samples > 1 else ''} · "
-            f"{runtime.device} {str(runtime.dtype).removeprefix('torch.')}",
-            highlight=False,
-        )
-
-    def on_start(total: int) -> None:
-        progress.start()
-        task["id"], task["total"] = progress.add_task("images", total=total), total
-
-    def on_more(count: int) -> None:
-        task["total"] += count
-        progress.update(task["id"], total=task["total"])
-
-    def on_image(job: Any) -> None:
-        from rich.markup import escape
-
-        if job.status == "failed":
-            progress.console.print(f"[red]skipped[/] {escape(str(job.error))}", highlight=False, soft_wrap=True)
-        for warning in job.warnings:
-            progress.console.print(f"[yellow]note[/] {escape(job.key)}: {escape(warning)}", highlight=False, soft_wrap=True)
-        progress.advance(task["id"])
-
+    progress = RunProgress(recipe, console)
     try:
         with terminated_as_interrupt():
-            result = run_images(recipe, inputs, out, catalogue, mask, on_start, on_image, on_loaded, on_more=on_more)
+            result = run_images(recipe, inputs, out, catalogue, mask, events=progress)
     finally:
-        if task:
-            progress.stop()
+        progress.stop()
     _summary(console, result)
     return result.exit_code
 
@@ -161,6 +122,7 @@ def terminated_as_interrupt() -> Iterator[None]:
 
 
 def _summary(console: Any, result: Any) -> None:
+    """How many images were generated, resumed and failed, and where the outputs are."""
     from rich.table import Table
 
     table = Table(title="dva run", title_justify="left")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dva.core.errors import ConfigError
+from dva.core.run import RunEvents
 from dva.evaluate.evaluation import Evaluation, Settings, evaluate
 from dva.evaluate.runs import read_run
 from dva.evaluate.tables import Table
@@ -156,16 +157,10 @@ def run_all(combinations: list[Combination], recipes: list[Any], inputs: Any, ou
         for index, (combination, recipe) in enumerate(zip(combinations, recipes)):
             on_combination(index, combination)
             outcome = Outcome(combination, out / "runs" / combination.slug)
-
-            def loaded(runtime: Any, outcome: Outcome = outcome, index: int = index) -> None:
-                choice = runtime.encoder_choice
-                outcome.model = runtime.source.location
-                outcome.encoder = None if choice is None else choice.as_dict()
-                on_loaded(index, runtime)
-
+            events = _OutcomeEvents(outcome, index, on_loaded)
             started = time.perf_counter()
             try:
-                result = run(recipe, inputs, outcome.run, catalogue, mask=mask, on_loaded=loaded, **(run_options or {}))
+                result = run(recipe, inputs, outcome.run, catalogue, mask=mask, events=events, **(run_options or {}))
                 run_outputs = read_run(outcome.run)
                 outcome.images = len(run_outputs.images)
                 outcome.seconds_per_image = seconds_per_image(run_outputs.images, time.perf_counter() - started)
@@ -177,6 +172,20 @@ def run_all(combinations: list[Combination], recipes: list[Any], inputs: Any, ou
                 outcome.error = str(error).splitlines()[0] if str(error) else type(error).__name__
             outcomes.append(outcome)
     return outcomes
+
+
+class _OutcomeEvents(RunEvents):
+    """The run of combination ``index``: the model and encoder it really loaded go into its outcome, and
+    to ``on_loaded``."""
+
+    def __init__(self, outcome: Outcome, index: int, on_loaded: Callable[[int, Any], None]) -> None:
+        self.outcome, self.index, self.on_loaded = outcome, index, on_loaded
+
+    def loaded(self, runtime: Any) -> None:
+        choice = runtime.encoder_choice
+        self.outcome.model = runtime.source.location
+        self.outcome.encoder = None if choice is None else choice.as_dict()
+        self.on_loaded(self.index, runtime)
 
 
 def seconds_per_image(images: list[Any], elapsed: float) -> float:
