@@ -248,3 +248,29 @@ def test_a_hub_id_that_cannot_be_reached_is_one_clear_error(catalogue, images, t
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="Cannot load the model hub id 'CompVis/stable-diffusion-v1-4'"):
         dva_run(catalogue, images[:1], tmp_path / "out", model="CompVis/stable-diffusion-v1-4")
+
+
+def test_the_run_reports_to_one_events_object(catalogue, tiny_sd, images, tmp_path):
+    from dva.core.run import RunEvents
+
+    class Recorder(RunEvents):
+        def __init__(self) -> None:
+            self.seen: list[tuple] = []
+
+        def loaded(self, runtime):
+            self.seen.append(("loaded", runtime.resolution))
+
+        def started(self, total):
+            self.seen.append(("started", total))
+
+        def image_done(self, job):
+            self.seen.append((job.key, job.status))
+
+    recipe = resolve(load_entries(), catalogue, "default", {"steps": STEPS, "seed": 3, "model": str(tiny_sd)})
+    inputs = [str(tmp_path / "nowhere.png"), *map(str, images[:2])]
+    first, again = Recorder(), Recorder()
+    run(recipe, inputs, tmp_path / "out", catalogue, events=first)
+    run(recipe, inputs, tmp_path / "out", catalogue, events=again)
+    loaded = ("loaded", first.seen[0][1])
+    assert first.seen == [loaded, ("started", 3), ("nowhere.png", "failed"), ("scan0", "done"), ("scan1", "done")]
+    assert again.seen == [loaded, ("started", 3), ("nowhere.png", "failed"), ("scan0", "skipped"), ("scan1", "skipped")]
