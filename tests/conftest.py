@@ -129,6 +129,25 @@ def catalogue():
     return load_catalogue(entry_points=False)
 
 
+def runner(**defaults):
+    """A ``dva run`` in-process for one test module: ``dva_run(catalogue, inputs, out, **settings)`` runs the
+    default entry with the module's ``defaults`` and then ``settings`` as flags, and returns the RunResult.
+
+    ``mask``, ``writer_threads`` and ``events`` go to :func:`dva.core.run.run`; everything else is a setting.
+    """
+    run_options = ("mask", "writer_threads", "events")
+
+    def dva_run(catalogue, inputs, out, **settings):
+        from dva.core.registry import load_entries, resolve
+        from dva.core.run import run
+
+        options = {key: settings.pop(key) for key in run_options if key in settings}
+        recipe = resolve(load_entries(), catalogue, "default", {**defaults, **settings})
+        return run(recipe, [str(path) for path in inputs], out, catalogue, **options)
+
+    return dva_run
+
+
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     """A class-folders dataset for fine-tuning: three 'Normal' and three 'Lung Opacity' 64 px images."""

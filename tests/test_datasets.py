@@ -14,16 +14,10 @@ import pytest
 from PIL import Image
 
 from dva.core.errors import ConfigError
-from dva.core.plugins import load_catalogue
 from dva.datasets import LabelledDataset, Sample
 from dva.datasets.layouts import check_dataset, dataset_fingerprint, open_dataset
 
 COVID_CLASSES = ["COVID", "Lung Opacity", "Normal", "Viral Pneumonia"]
-
-
-@pytest.fixture(scope="module")
-def catalogue():
-    return load_catalogue(entry_points=False)
 
 
 def png(path: Path, value: int = 128, size: int = 32) -> Path:

@@ -16,6 +16,8 @@ from dva import MetricSpec, hookimpl
 from dva.core.errors import ConfigError
 from dva.core.plugins import load_catalogue
 
+from tests.conftest import runner
+
 PHANTOM_CLASSES = ("Normal", "Lung Opacity", "Cardiomegaly")
 
 
@@ -41,12 +43,12 @@ def catalogue_with_mean_gap():
     return load_catalogue(entry_points=False, extra=[plugin])
 
 
-def dva_run(catalogue, model: Path, inputs: list[Path], out: Path, **overrides) -> Path:
-    from dva.core.registry import load_entries, resolve
-    from dva.core.run import run
+run_tiny = runner(steps=4)
 
-    recipe = resolve(load_entries(), catalogue, "default", {"model": str(model), "steps": 4, **overrides})
-    assert run(recipe, [str(p) for p in inputs], out, catalogue).exit_code == 0
+
+def dva_run(catalogue, model: Path, inputs: list[Path], out: Path, **overrides) -> Path:
+    """A finished run of ``model`` on ``inputs`` into ``out``."""
+    assert run_tiny(catalogue, inputs, out, model=str(model), **overrides).exit_code == 0
     return out
 
 

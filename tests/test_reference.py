@@ -13,20 +13,14 @@ from safetensors.numpy import load_file
 from dva.core.errors import ConfigError
 from dva.core.plugins import load_catalogue
 from dva.core.registry import load_entries, resolve
-from dva.core.run import run
+
+from tests.conftest import runner
 
 STEPS = 4
 SEED = 3
 
 
-@pytest.fixture(scope="module")
-def catalogue():
-    return load_catalogue(entry_points=False)
-
-
-def dva_run(catalogue, inputs, out, **overrides):
-    settings = {"steps": STEPS, "seed": SEED, "strength": 0.75, "guidance_scale": 5.0, **overrides}
-    return run(resolve(load_entries(), catalogue, "default", settings), [str(p) for p in inputs], out, catalogue)
+dva_run = runner(steps=STEPS, seed=SEED, strength=0.75, guidance_scale=5.0)
 
 
 def saved(out, stem):

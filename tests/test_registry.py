@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from dva.core.errors import ConfigError
-from dva.core.plugins import load_catalogue
 from dva.core.registry import builtin_registry_text, load_entries, resolve, validate
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def catalogue():
-    return load_catalogue(entry_points=False)
 
 
 def recipe(catalogue, entry, overrides=None, extra=()):

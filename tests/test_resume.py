@@ -18,7 +18,8 @@ from safetensors.numpy import load_file
 from tests.conftest import chest_like
 
 
-def dva_run(inputs: Path, model: Path, out: Path) -> subprocess.Popen:
+def dva_process(inputs: Path, model: Path, out: Path) -> subprocess.Popen:
+    """``dva run`` in its own process, so a test can kill it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "dva", "run", str(inputs), "--model", str(model), "--steps", "4",
                              "--batch-size", "1", "--device", "cpu", "--out", str(out)],
@@ -31,9 +32,9 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_one(tiny_radber
     for index in range(10):
         Image.fromarray(chest_like(64, seed=index)).save(inputs / f"scan-{index:02d}.png")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    assert dva_run(inputs, tiny_radbert_model, whole).wait(timeout=600) == 0
+    assert dva_process(inputs, tiny_radbert_model, whole).wait(timeout=600) == 0
 
-    process = dva_run(inputs, tiny_radbert_model, killed)
+    process = dva_process(inputs, tiny_radbert_model, killed)
     deadline = time.monotonic() + 300
     while len(list(killed.glob("*/record.json"))) < 3 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -42,7 +43,7 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_one(tiny_radber
     finished_before = len(list(killed.glob("*/record.json")))
     assert 3 <= finished_before < 10, "killed part-way"
 
-    rerun = dva_run(inputs, tiny_radbert_model, killed)
+    rerun = dva_process(inputs, tiny_radbert_model, killed)
     assert rerun.wait(timeout=600) == 0, rerun.stderr.read()[-2000:]
     assert not list(killed.rglob(".*.tmp")), "what the kill left half-written is cleaned up"
     first, second = (json.loads((folder / "manifest.json").read_text()) for folder in (whole, killed))
@@ -80,7 +81,7 @@ def test_sigterm_stops_a_run_like_an_interrupt_and_saves_its_manifest(tiny_radbe
     for index in range(8):
         Image.fromarray(chest_like(64, seed=index)).save(inputs / f"scan-{index:02d}.png")
     out = tmp_path / "out"
-    process = dva_run(inputs, tiny_radbert_model, out)
+    process = dva_process(inputs, tiny_radbert_model, out)
     deadline = time.monotonic() + 300
     while len(list(out.glob("*/record.json"))) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -15,18 +15,12 @@ from dva.core.plugins import load_catalogue
 from dva.core.registry import load_entries, resolve
 from dva.core.run import run
 
+from tests.conftest import runner
+
 STEPS = 8
 
 
-@pytest.fixture(scope="module")
-def catalogue():
-    return load_catalogue(entry_points=False)
-
-
-def dva_run(catalogue, inputs, out, mask=None, writer_threads=None, **overrides):
-    settings = {"steps": STEPS, "seed": 3, **overrides}
-    recipe = resolve(load_entries(), catalogue, "default", settings)
-    return run(recipe, [str(p) for p in inputs], out, catalogue, mask=mask, writer_threads=writer_threads)
+dva_run = runner(steps=STEPS, seed=3)
 
 
 def png(path: Path) -> np.ndarray:

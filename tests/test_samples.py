@@ -5,26 +5,19 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from dva.core.plugins import load_catalogue
 from dva.core.registry import load_entries, resolve
 from dva.core.run import run
+
+from tests.conftest import runner
 
 STEPS = 4
 SEED = 5
 
 
-@pytest.fixture(scope="module")
-def catalogue():
-    return load_catalogue(entry_points=False)
-
-
-def dva_run(catalogue, inputs, out, **overrides):
-    settings = {"steps": STEPS, "seed": SEED, "strength": 1.0, **overrides}
-    return run(resolve(load_entries(), catalogue, "default", settings), [str(p) for p in inputs], out, catalogue)
+dva_run = runner(steps=STEPS, seed=SEED, strength=1.0)
 
 
 def maps(out, stem):
