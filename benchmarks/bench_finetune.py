@@ -1,6 +1,6 @@
 """Steps/s of ``dva finetune`` (DreamBooth) with and without ``cache_latents``, measured in the same run.
 
-Both sides call the real trainer, ``dva.finetune.dreambooth.train``, on the same tiny dva model
+Both sides call the real trainer, ``dva.finetune.trainer.train`` (strategy DreamBooth), on the same tiny dva model
 (``dva.testing.tiny.make_tiny_dva_model``, random weights, the tiny BERT of the ``radbert`` encoder,
 trained with the UNet as in the thesis recipe) and the same phantom data set
 (``dva.datasets.phantoms.make_phantoms``, the COVID-19 Radiography layout, at the model's resolution):
@@ -93,8 +93,9 @@ def load_average() -> list[float] | None:
 def run_once(model: Path, data: Path, out: Path, settings: dict[str, Any], cache: bool, prior: bool,
              catalogue: Any) -> dict[str, Any]:
     """One ``train`` call; steps/s from step ``warmup`` to the end, the caching time, every step's loss."""
-    from dva.finetune import dreambooth
-    from dva.finetune.dreambooth import FinetuneConfig, train
+    from dva.finetune.config import FinetuneConfig
+    from dva.finetune.data import TrainingData
+    from dva.finetune.trainer import train
     from dva.finetune.schedule import Phase
 
     steps, warmup = settings["steps"], settings["warmup"]
@@ -112,7 +113,7 @@ def run_once(model: Path, data: Path, out: Path, settings: dict[str, Any], cache
         losses.append(loss)
 
     caching = [0.0]
-    original = dreambooth.TrainingData.cache_latents
+    original = TrainingData.cache_latents
 
     def timed_cache(self: Any, *args: Any, **kwargs: Any) -> None:
         started = time.perf_counter()
@@ -121,13 +122,13 @@ def run_once(model: Path, data: Path, out: Path, settings: dict[str, Any], cache
         finally:
             caching[0] += time.perf_counter() - started
 
-    dreambooth.TrainingData.cache_latents = timed_cache
+    TrainingData.cache_latents = timed_cache
     began = time.perf_counter()
     try:
         with ForeignLoad() as load:
             train(config, catalogue, on_step=on_step)
     finally:
-        dreambooth.TrainingData.cache_latents = original
+        TrainingData.cache_latents = original
     wall = time.perf_counter() - began
     timed = steps - warmup
     seconds = stamps[steps] - stamps[warmup]

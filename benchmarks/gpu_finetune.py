@@ -9,7 +9,7 @@ values, so this script builds the parts in memory from configs (no hub, no weigh
 * text encoder: ``transformers.BertModel(BertConfig())``: BERT-base, hidden 768, trained (pooler frozen,
   as dva does).
 
-and runs the step ``dva.finetune.dreambooth`` runs for DreamBooth with prior preservation (dva's
+and runs the step ``dva.finetune.trainer`` runs for DreamBooth with prior preservation (dva's
 defaults: batch 2 instance + 2 class images, ``prior_weight 1``; ``--no-prior`` for 2 only): VAE
 encode without gradients (VAE in the mixed-precision dtype), posterior sample, noise, random
 timesteps, BERT states of 77 tokens (fixed random ids: no tokenizer needed), UNet forward under

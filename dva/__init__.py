@@ -3,8 +3,8 @@
 The public API for plugin authors, one import: the ``hookimpl`` marker, the spec classes a plugin
 registers and the typed ``register`` callbacks its hooks receive, the contracts its implementations
 follow and the data they exchange (:mod:`dva.core.contracts`), the errors that reach users as one
-clear sentence, and a few file helpers. Importing this module imports neither torch nor numpy: the helpers and ``FinetuneConfig``
-load on first use.
+clear sentence, and a few file helpers. Importing this module imports neither torch nor numpy: the helpers,
+``FinetuneConfig`` and ``FinetuneStrategy`` (the base class of a fine-tuning strategy) load on first use.
 """
 
 from __future__ import annotations
@@ -58,11 +58,13 @@ from dva.core.specs import (
 
 if TYPE_CHECKING:
     from dva.core.io import atomic_write_bytes, file_sha256, has_extension, strip_extension
-    from dva.finetune.dreambooth import FinetuneConfig
+    from dva.finetune.config import FinetuneConfig
+    from dva.finetune.strategy import Strategy as FinetuneStrategy
 
 # Public names whose modules import numpy or torch: "module:attribute", imported on first access.
 _LAZY = {
-    "FinetuneConfig": "dva.finetune.dreambooth:FinetuneConfig",
+    "FinetuneConfig": "dva.finetune.config:FinetuneConfig",
+    "FinetuneStrategy": "dva.finetune.strategy:Strategy",
     "atomic_write_bytes": "dva.core.io:atomic_write_bytes",
     "file_sha256": "dva.core.io:file_sha256",
     "has_extension": "dva.core.io:has_extension",
@@ -88,6 +90,7 @@ __all__ = [
     "DvaError",
     "EncoderSpec",
     "FinetuneConfig",
+    "FinetuneStrategy",
     "Finetuner",
     "FinetunerSpec",
     "GenerateRequest",

@@ -16,9 +16,9 @@ import torch
 from dva.core.model_folder import inspect_model
 from dva.core.registry import Recipe, load_entries, resolve
 from dva.core.runtime import load_encoder
-from dva.finetune.dreambooth import train
+from dva.finetune.trainer import train
 from dva.finetune.schedule import parse_schedule
-from dva.finetune.dreambooth import FinetuneConfig
+from dva.finetune.config import FinetuneConfig
 from dva.testing.tiny import make_tiny_dva_model
 
 

@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import load_file
 
 from dva.core.errors import ConfigError
-from dva.finetune.dreambooth import FinetuneConfig, train
+from dva.finetune.config import FinetuneConfig
 from dva.finetune.schedule import Phase, parse_schedule, phase_at
+from dva.finetune.trainer import train
 
 
 def config(model, data, out, schedule, **overrides) -> FinetuneConfig:
@@ -62,7 +63,7 @@ def test_a_phase_may_mix_classes():
 
 
 def test_a_mixed_phase_draws_classes_evenly_however_many_images_each_has():
-    from dva.finetune.dreambooth import TrainingData
+    from dva.finetune.data import TrainingData
 
     data = TrainingData({"A": [Path(f"a{i}") for i in range(3)], "B": [Path(f"b{i}") for i in range(300)]}, 64)
     chosen = data.draw("A+B", 4000, np.random.default_rng(0))
@@ -73,16 +74,16 @@ def test_a_mixed_phase_draws_classes_evenly_however_many_images_each_has():
 
 
 def test_a_mixed_phase_prompts_each_image_with_its_own_class(catalogue, tiny_radbert_model, dataset, tmp_path, monkeypatch):
-    from dva.finetune import dreambooth
+    from dva.finetune.data import TextCache
 
     seen: list[str] = []
-    original = dreambooth.TextCache.__call__
+    original = TextCache.__call__
 
     def record(self, prompts, device):
         seen.extend(prompts)
         return original(self, prompts, device)
 
-    monkeypatch.setattr(dreambooth.TextCache, "__call__", record)
+    monkeypatch.setattr(TextCache, "__call__", record)
     out = tmp_path / "model"
     train(config(tiny_radbert_model, dataset, out, "Normal+Lung Opacity:6", batch_size=4, cache_latents=True,
                  train_text_encoder=False, class_prompts={"Normal": "healthy", "Lung Opacity": "opacity"}), catalogue)

@@ -10,13 +10,22 @@ import pytest
 from dva.core.errors import ConfigError
 from dva.core.plugins import load_catalogue
 from dva.core.registry import load_entries, resolve, validate
-from dva.finetune.settings import FINETUNE_OPTIONS
+from dva.core.settings import FINETUNE_SETTINGS
 
-def test_every_registry_setting_is_a_finetune_config_field():
-    from dva.finetune.dreambooth import FinetuneConfig
 
-    fields = {field.name for field in dataclasses.fields(FinetuneConfig)} | {"strategy"}
-    assert set(FINETUNE_OPTIONS) <= fields
+def test_the_config_takes_its_fields_and_defaults_from_the_schema():
+    """FinetuneConfig is generated from the schema: every finetune-table setting is a field with the schema's default
+    (class_images was 8 in the config but 100 on the command line before)."""
+    from dva.finetune.config import COMMAND_SETTINGS, FinetuneConfig
+    from dva.finetune.schedule import parse_schedule
+
+    fields = {field.name: field for field in dataclasses.fields(FinetuneConfig)}
+    assert {setting.name for setting in (*FINETUNE_SETTINGS, *COMMAND_SETTINGS)} <= set(fields)
+    config = FinetuneConfig(base_model="m", data="d", out="o", schedule=parse_schedule("Normal:1"))
+    for setting in (*FINETUNE_SETTINGS, *COMMAND_SETTINGS):
+        if setting.name not in ("schedule", "base_model", "data", "out"):
+            assert getattr(config, setting.name) == setting.option.default, setting.name
+    assert config.class_images == 100 and config.strategy == "dreambooth" and config.options == {}
 
 
 def test_the_thesis_fine_tuning_entry():
@@ -91,5 +100,8 @@ def test_out_of_range_flags_are_named(tiny_radbert_model, dataset, tmp_path, cap
 
 
 def test_a_setting_error_is_a_config_error():
+    from dva.plugins.finetuners import BUILTIN_FINETUNERS
+
+    lora = next(spec for spec in BUILTIN_FINETUNERS if spec.name == "lora")
     with pytest.raises(ConfigError):
-        FINETUNE_OPTIONS["lora_rank"].check(0, "--lora-rank")
+        lora.options["lora_rank"].check(0, "--lora-rank")

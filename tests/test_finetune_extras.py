@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from dva.core.errors import ConfigError
 from dva.finetune import validation
-from dva.finetune.dreambooth import train
+from dva.finetune.trainer import train
 from tests.conftest import chest_like
 from tests.test_finetune import config, log_rows
 
@@ -66,25 +66,22 @@ def test_cached_latents_give_the_losses_and_weights_of_an_uncached_run(
     assert_close_training(tiny_radbert_model, tmp_path / "plain", tmp_path / "cached", learning_rate=1e-3)
 
 
-@pytest.mark.parametrize("strategy", ["textual_inversion", "lora"])
+@pytest.mark.parametrize("strategy", ["textual-inversion", "lora"])
 def test_cached_latents_in_the_other_strategies(catalogue, tiny_radbert_model, dataset, tmp_path, monkeypatch, strategy):
     """One cache for all three strategies: LoRA's frozen encoder gets its text states cached, textual inversion's not."""
-    import importlib
+    from dva.finetune.data import TextCache
 
-    from dva.finetune import dreambooth
-
-    trainer = importlib.import_module(f"dva.finetune.{strategy}").train
     prompts = []
-    call = dreambooth.TextCache.__call__
+    call = TextCache.__call__
 
     def counted(self, batch, device):
         prompts.append(batch)
         return call(self, batch, device)
 
-    monkeypatch.setattr(dreambooth.TextCache, "__call__", counted)
+    monkeypatch.setattr(TextCache, "__call__", counted)
     for name, cached in (("plain", False), ("cached", True)):
-        trainer(config(tiny_radbert_model, dataset, tmp_path / name, "Normal:2,Lung Opacity:1",
-                       prompt_template="a {label} scan", cache_latents=cached), catalogue)
+        train(config(tiny_radbert_model, dataset, tmp_path / name, "Normal:2,Lung Opacity:1", strategy=strategy,
+                     prompt_template="a {label} scan", cache_latents=cached), catalogue)
     np.testing.assert_allclose(losses(tmp_path / "cached"), losses(tmp_path / "plain"), rtol=0, atol=1e-4)
     assert len(prompts) == (3 if strategy == "lora" else 0)
 

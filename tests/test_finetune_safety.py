@@ -14,8 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from dva.core.errors import ConfigError
-from dva.finetune import dreambooth
-from dva.finetune.dreambooth import train
+from dva.finetune import trainer
+from dva.finetune.config import FinetuneConfig
+from dva.finetune.data import TextCache, TrainingData
+from dva.finetune.strategy import Strategy
+from dva.finetune.trainer import train
 from tests.test_finetune import config, log_rows
 
 
@@ -69,7 +72,7 @@ def test_prior_preservation_trains_on_the_datasets_healthy_images_with_the_healt
     trains another class only."""
     drawn: list[Path] = []
     prompts: list[str] = []
-    posterior, cache = dreambooth.TrainingData.posterior, dreambooth.TextCache.__call__
+    posterior, cache = TrainingData.posterior, TextCache.__call__
 
     def record_images(self, chosen, device):
         drawn.extend(self._path(sample) for sample in chosen)
@@ -79,8 +82,8 @@ def test_prior_preservation_trains_on_the_datasets_healthy_images_with_the_healt
         prompts.extend(batch)
         return cache(self, batch, device)
 
-    monkeypatch.setattr(dreambooth.TrainingData, "posterior", record_images)
-    monkeypatch.setattr(dreambooth.TextCache, "__call__", record_prompts)
+    monkeypatch.setattr(TrainingData, "posterior", record_images)
+    monkeypatch.setattr(TextCache, "__call__", record_prompts)
     out = tmp_path / "model"
     train(config(tiny_sd, dataset, out, "Lung Opacity:2", encoder="radbert",
                  encoder_path=str(radbert_folder(tiny_radbert_model, tmp_path / "radbert")), prior_weight=1.0,
@@ -138,7 +141,7 @@ def test_the_thesis_recipe_preserves_the_prior_with_real_normal_scans(dataset):
 
     recipe = resolve(load_entries(), load_catalogue(entry_points=False), "finetune-thesis")
     settings = {key: value for key, value in recipe.finetune.items() if key != "strategy"}
-    thesis = dreambooth.FinetuneConfig(base_model=recipe.model, encoder=recipe.encoder, data=str(dataset), out="unused",
+    thesis = FinetuneConfig(base_model=recipe.model, encoder=recipe.encoder, data=str(dataset), out="unused",
                                        **{**settings, "schedule": parse_schedule(settings["schedule"])})
     plan = plan_prior(thesis, open_dataset(str(dataset)), inspect_model(recipe.model))
     assert plan is not None and plan.weight == 1.0
@@ -150,14 +153,18 @@ def test_the_thesis_recipe_preserves_the_prior_with_real_normal_scans(dataset):
 
 
 def test_every_number_flag_of_dva_finetune_is_checked_as_a_typed_option():
-    """A float flag outside FINETUNE_OPTIONS would skip the finiteness and range checks."""
-    from dva.cli.finetune import CLI_TO_CONFIG, finetune
-    from dva.finetune.settings import FINETUNE_OPTIONS
+    """A number flag that is neither a finetune-table setting nor a strategy's option would skip the finiteness and
+    range checks (and click's own range types would answer in click's words, not dva's)."""
+    from dva.cli.finetune import finetune
+    from dva.core.settings import FINETUNE_SETTINGS
+    from dva.plugins.finetuners import BUILTIN_FINETUNERS
 
-    numbers = [param.name for param in finetune.params if isinstance(param.type, (click.types.FloatParamType,
-                                                                                    click.types.IntParamType))]
-    assert "snr_gamma" in numbers and "learning_rate" in numbers
-    assert [name for name in numbers if CLI_TO_CONFIG.get(name, name) not in FINETUNE_OPTIONS] == []
+    typed = {setting.name for setting in FINETUNE_SETTINGS} | {key for spec in BUILTIN_FINETUNERS for key in spec.options}
+    numbers = [param for param in finetune.params if isinstance(param.type, (click.types.FloatParamType,
+                                                                            click.types.IntParamType))]
+    assert {"snr_gamma", "learning_rate", "lora_rank"} <= {param.name for param in numbers}
+    assert [param.name for param in numbers if param.name not in typed] == []
+    assert [param.name for param in numbers if isinstance(param.type, click.types._NumberRangeBase)] == []
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--snr-gamma", "nan"), ("--learning-rate", "inf"),
@@ -177,15 +184,15 @@ def test_non_finite_settings_are_refused_through_the_python_api_too(catalogue, t
         train(config(tiny_radbert_model, dataset, tmp_path / "m", "Normal:1", snr_gamma=float("nan")), catalogue)
 
 
-def nan_loss_from(step_index: int, module, monkeypatch) -> None:
-    """The loss of ``step_index`` (0-based) and later becomes NaN."""
-    loss = module._loss
+def nan_loss_from(step_index: int, monkeypatch) -> None:
+    """The loss of ``step_index`` (0-based) and later becomes NaN, whatever the strategy."""
+    loss = Strategy.loss
 
-    def poisoned(config, step, *args, **kwargs):
-        value = loss(config, step, *args, **kwargs)
+    def poisoned(self, run, step, micro, phase):
+        value = loss(self, run, step, micro, phase)
         return value * float("nan") if step >= step_index else value
 
-    monkeypatch.setattr(module, "_loss", poisoned)
+    monkeypatch.setattr(Strategy, "loss", poisoned)
 
 
 def assert_no_model(out: Path) -> None:
@@ -195,7 +202,7 @@ def assert_no_model(out: Path) -> None:
 def test_a_nan_loss_stops_training_at_its_step_with_exit_2_and_writes_no_model(
     tiny_radbert_model, dataset, tmp_path, capsys, monkeypatch
 ):
-    nan_loss_from(1, dreambooth, monkeypatch)
+    nan_loss_from(1, monkeypatch)
     out = tmp_path / "model"
     code, err = dva(capsys, "finetune", "--model", tiny_radbert_model, "--data", dataset, "--schedule", "Normal:3",
                     "--out", out, "--device", "cpu", "--prior-weight", "0", "--checkpoint-every", "1")
@@ -210,12 +217,10 @@ def test_a_nan_loss_stops_training_at_its_step_with_exit_2_and_writes_no_model(
 
 
 def test_a_nan_loss_stops_textual_inversion_too(catalogue, tiny_radbert_model, dataset, tmp_path, monkeypatch):
-    from dva.finetune import textual_inversion
-
-    nan_loss_from(0, textual_inversion, monkeypatch)
+    nan_loss_from(0, monkeypatch)
     with pytest.raises(ConfigError, match=r"step 1 \(Normal\): the loss is nan"):
-        textual_inversion.train(config(tiny_radbert_model, dataset, tmp_path / "m", "Normal:2",
-                                       prompt_template="a {label} scan"), catalogue)
+        train(config(tiny_radbert_model, dataset, tmp_path / "m", "Normal:2", strategy="textual-inversion",
+                     prompt_template="a {label} scan"), catalogue)
     assert_no_model(tmp_path / "m")
 
 
@@ -224,14 +229,14 @@ def test_a_non_finite_gradient_stops_training_before_it_reaches_the_weights(
     catalogue, tiny_radbert_model, dataset, tmp_path, monkeypatch, max_grad_norm
 ):
     """A finite loss whose gradient is NaN (sqrt at 0): stopped at that step, not one later through NaN weights."""
-    loss = dreambooth._loss
+    loss = Strategy.loss
 
-    def nan_gradient(config, step, micro, accelerator, phase, data, prior_data, unet, *args, **kwargs):
-        value = loss(config, step, micro, accelerator, phase, data, prior_data, unet, *args, **kwargs)
-        weight = next(unet.parameters())
+    def nan_gradient(self, run, step, micro, phase):
+        value = loss(self, run, step, micro, phase)
+        weight = next(run.unet.parameters())
         return value + torch.sqrt((weight - weight.detach()).abs().sum())
 
-    monkeypatch.setattr(dreambooth, "_loss", nan_gradient)
+    monkeypatch.setattr(Strategy, "loss", nan_gradient)
     with pytest.raises(ConfigError, match=r"Training stopped at step 1 \(Normal\): the gradient norm is nan"):
         train(config(tiny_radbert_model, dataset, tmp_path / "m", "Normal:2", max_grad_norm=max_grad_norm), catalogue)
     assert_no_model(tmp_path / "m")
@@ -254,7 +259,7 @@ def test_non_finite_weights_are_never_saved(catalogue, tiny_radbert_model, datas
                     self.param_groups[0]["params"][0].fill_(float("nan"))
             return result
 
-    monkeypatch.setattr(dreambooth, "make_optimizer", lambda parameters, settings: Poisoning(parameters, lr=1e-3))
+    monkeypatch.setattr(trainer, "make_optimizer", lambda parameters, settings: Poisoning(parameters, lr=1e-3))
     out = tmp_path / "m"
     with pytest.raises(ConfigError, match=rf"Training stopped at step 2: the weight .* holds non-finite numbers, so "
                                           rf"{refused}"):
@@ -284,7 +289,7 @@ def test_an_out_that_would_overwrite_the_base_model_or_the_dataset_is_refused(
     assert snapshot(tmp_path) == before
 
 
-def interrupted_run(catalogue, model: Path, data: Path, out: Path, **settings) -> dreambooth.FinetuneConfig:
+def interrupted_run(catalogue, model: Path, data: Path, out: Path, **settings) -> FinetuneConfig:
     """A 'Normal:3' run stopped after step 3 with a checkpoint at step 2 (logged steps 1-3)."""
     def interrupt(step, total, label, loss):
         if step == 3:
@@ -310,7 +315,7 @@ def test_resuming_with_other_settings_is_refused_before_any_model_loads(catalogu
     monkeypatch.setattr("dva.core.runtime.load_diffusion_parts", lambda *a, **k: pytest.fail("a model was loaded"))
     if "schedule" in change:
         change = {"schedule": parse_schedule(change["schedule"])}
-    resumed = dreambooth.FinetuneConfig(**{**run.__dict__, **change, "resume": "latest"})
+    resumed = FinetuneConfig(**{**run.__dict__, **change, "resume": "latest"})
     with pytest.raises(ConfigError, match="--resume-with-new-settings") as refused:
         train(resumed, catalogue)
     assert shown in str(refused.value)

@@ -12,16 +12,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dva.core import adapters
 from dva.core.errors import ConfigError
-from dva.finetune import lora
-from dva.finetune.dreambooth import FinetuneConfig
+from dva.finetune.config import FinetuneConfig
+from dva.finetune.lora import LoRA
 from dva.finetune.schedule import parse_schedule
+from dva.finetune.trainer import train
+
+LORA_OPTIONS = ("lora_rank", "lora_alpha", "lora_text_encoder")
 
 
 def config(model, data, out, schedule, **overrides) -> FinetuneConfig:
+    """A LoRA run's settings; the strategy's options (``lora_rank``, ...) go to ``options``."""
+    options = {"lora_rank": 4, "lora_alpha": 4.0, **{key: overrides.pop(key) for key in LORA_OPTIONS if key in overrides}}
     settings = dict(
         base_model=str(model), data=str(data), out=str(out), schedule=parse_schedule(schedule), device="cpu",
-        learning_rate=1e-2, batch_size=2, prior_weight=0.0, checkpoint_every=0, lora_rank=4, lora_alpha=4.0,
+        learning_rate=1e-2, batch_size=2, prior_weight=0.0, checkpoint_every=0, strategy="lora", options=options,
     )
     return FinetuneConfig(**{**settings, **overrides})
 
@@ -54,16 +60,16 @@ def unet_output(unet, encoder) -> torch.Tensor:
 def trained(catalogue, tiny_radbert_model, dataset, tmp_path_factory):
     """One LoRA run (UNet + text encoder adapters), with deep copies of the modules as training left them."""
     kept = {}
-    original = lora._save_adapters
+    original = LoRA.save
 
-    def keep(config, unet, encoder, *args, **kwargs):
-        kept["unet"], kept["encoder"] = copy.deepcopy(unet).eval(), copy.deepcopy(encoder).eval()
-        return original(config, unet, encoder, *args, **kwargs)
+    def keep(self, run):
+        kept["unet"], kept["encoder"] = copy.deepcopy(run.unwrapped("unet")).eval(), copy.deepcopy(run.raw_encoder).eval()
+        return original(self, run)
 
     out = tmp_path_factory.mktemp("lora") / "lora"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(lora, "_save_adapters", keep)
-        lora.train(config(tiny_radbert_model, dataset, out, "Normal:2,Lung Opacity:1", lora_text_encoder=True,
+        patch.setattr(LoRA, "save", keep)
+        train(config(tiny_radbert_model, dataset, out, "Normal:2,Lung Opacity:1", lora_text_encoder=True,
                           class_prompts={"Normal": "Normal chest scan"}), catalogue)
     return out, kept
 
@@ -78,7 +84,7 @@ def test_adapters_train_into_a_small_folder_and_apply_lora_reproduces_the_traine
     assert Path(info["base_model"]) == tiny_radbert_model.resolve()
     assert info["lora"]["rank"] == 4 and info["lora"]["text_encoder"] == "text_encoder_lora"
     assert info["prompts"]["healthy"] == "Normal chest scan"
-    assert lora.is_lora_folder(out) and not lora.is_lora_folder(tiny_radbert_model)
+    assert adapters.is_lora_folder(out) and not adapters.is_lora_folder(tiny_radbert_model)
     assert not (out / "unet").exists() and not (out / "text_encoder").exists()
     adapter = out / "unet_lora" / "adapter_model.safetensors"
     base_unet = tiny_radbert_model / "unet" / "diffusion_pytorch_model.safetensors"
@@ -93,7 +99,7 @@ def test_adapters_train_into_a_small_folder_and_apply_lora_reproduces_the_traine
     for merge in (False, True):
         unet, encoder = load_base(tiny_radbert_model, catalogue)
         plain = unet_output(unet, encoder)
-        lora.apply_lora(unet, encoder, out, merge=merge)
+        adapters.apply_lora(unet, encoder, out, merge=merge)
         got = unet_output(unet, encoder)
         assert not torch.allclose(plain, expected, atol=1e-4), "training changed the output"
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
@@ -103,7 +109,7 @@ def test_a_resumed_run_ends_with_the_adapters_of_an_uninterrupted_one_and_base_w
     catalogue, tiny_radbert_model, dataset, tmp_path
 ):
     settings = dict(checkpoint_every=2, keep_checkpoints=1, prompt_dropout=0.3, lora_text_encoder=True)
-    lora.train(config(tiny_radbert_model, dataset, tmp_path / "whole", "Normal:2,Lung Opacity:2", **settings), catalogue)
+    train(config(tiny_radbert_model, dataset, tmp_path / "whole", "Normal:2,Lung Opacity:2", **settings), catalogue)
 
     def interrupt(step, total, label, loss):
         if step == 3:
@@ -111,7 +117,7 @@ def test_a_resumed_run_ends_with_the_adapters_of_an_uninterrupted_one_and_base_w
 
     interrupted = config(tiny_radbert_model, dataset, tmp_path / "resumed", "Normal:2,Lung Opacity:2", **settings)
     with pytest.raises(KeyboardInterrupt):
-        lora.train(interrupted, catalogue, on_step=interrupt)
+        train(interrupted, catalogue, on_step=interrupt)
     checkpoint = tmp_path / "resumed" / "checkpoints" / "step-00000002"
     assert [p.name for p in checkpoint.parent.iterdir()] == [checkpoint.name]
     assert not (tmp_path / "resumed" / "dva.json").exists()
@@ -124,7 +130,7 @@ def test_a_resumed_run_ends_with_the_adapters_of_an_uninterrupted_one_and_base_w
     assert all(torch.equal(frozen[key], base[key]) for key in base)
 
     interrupted.resume = "latest"
-    lora.train(interrupted, catalogue)
+    train(interrupted, catalogue)
     assert [int(r["step"]) for r in log_rows(tmp_path / "resumed")] == [1, 2, 3, 4]  # each step once
     for part in ("unet_lora", "text_encoder_lora"):
         whole = load_file(str(tmp_path / "whole" / part / "adapter_model.safetensors"))
@@ -142,13 +148,13 @@ def test_dva_run_loads_a_lora_folder_on_its_base_model(catalogue, tiny_radbert_m
 
     out, _ = trained
     applied = []
-    original = lora.apply_lora
+    original = adapters.apply_lora
 
     def apply_lora(unet, encoder, folder, **kwargs):
         applied.append(str(folder))
         return original(unet, encoder, folder, **kwargs)
 
-    monkeypatch.setattr(lora, "apply_lora", apply_lora)
+    monkeypatch.setattr(adapters, "apply_lora", apply_lora)
     source = inspect_model(str(out))
     assert source.location == str(tiny_radbert_model.resolve()) and source.dva["lora_folder"] == str(out)
     recipe = resolve(load_entries(), catalogue, "default", {"model": str(out), "steps": 4})
@@ -167,7 +173,7 @@ def test_wrong_settings_are_refused_before_training(catalogue, tiny_radbert_mode
     ]
     for overrides, schedule, message in cases:
         with pytest.raises(ConfigError, match=message):
-            lora.train(config(tiny_radbert_model, dataset, tmp_path / "lora", schedule, **overrides), catalogue)
+            train(config(tiny_radbert_model, dataset, tmp_path / "lora", schedule, **overrides), catalogue)
     assert not (tmp_path / "lora" / "train_log.csv").exists()
 
 
@@ -176,8 +182,10 @@ def test_a_lora_folder_whose_base_model_is_gone_says_so(trained, tmp_path):
     info = json.loads((out / "dva.json").read_text())
     info["base_model"] = str(tmp_path / "gone")
     (tmp_path / "dva.json").write_text(json.dumps(info))
+    from dva.core.model_folder import resolve_lora_source
+
     with pytest.raises(ConfigError, match="base model"):
-        lora.resolve_lora_source(tmp_path)
+        resolve_lora_source(tmp_path)
 
 
 def test_lora_from_the_command_line_writes_a_small_folder(tiny_radbert_model, dataset, tmp_path, capsys):
@@ -195,15 +203,13 @@ def test_lora_from_the_command_line_writes_a_small_folder(tiny_radbert_model, da
 
 def test_lora_loss_goes_down_on_phantoms(catalogue, tiny_radbert_model, tmp_path):
     from dva.datasets.phantoms import make_phantoms
-    from dva.finetune.dreambooth import FinetuneConfig
-    from dva.finetune.schedule import parse_schedule
 
     data = make_phantoms(tmp_path / "phantoms", 4, 64, seed=3)
     settings = FinetuneConfig(
         base_model=str(tiny_radbert_model), data=str(data), out=str(tmp_path / "adapters"),
         schedule=parse_schedule("Lung Opacity:24"), device="cpu", learning_rate=0.1, batch_size=2, prior_weight=0.0,
-        checkpoint_every=0, cache_latents=True,
+        checkpoint_every=0, cache_latents=True, strategy="lora",
     )
     losses = []
-    lora.train(settings, catalogue, on_step=lambda step, total, label, loss: losses.append(loss))
+    train(settings, catalogue, on_step=lambda step, total, label, loss: losses.append(loss))
     assert np.mean(losses[-6:]) < 0.97 * np.mean(losses[:6]), losses

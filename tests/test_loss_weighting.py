@@ -11,7 +11,10 @@ from PIL import Image
 
 from dva.core.errors import ConfigError
 from dva.datasets import Sample
-from dva.finetune.dreambooth import TrainingData, _weighted_mse, min_snr_weights, train
+from dva.finetune.data import TrainingData
+from dva.finetune.loss import min_snr_weights
+from dva.finetune.loss import weighted_mse as _weighted_mse
+from dva.finetune.trainer import train
 from tests.test_finetune import config, log_rows
 
 
@@ -72,7 +75,7 @@ def test_a_dataset_without_lesion_masks_is_refused_before_training(catalogue, ti
 
 
 def test_the_command_line_and_registry_accept_it():
-    from dva.finetune.settings import check_finetune_table
+    from dva.core.settings import check_finetune_table
 
     assert check_finetune_table({"lesion_weight": 30}, "[entries.x.finetune]") == {"lesion_weight": 30.0}
     with pytest.raises(ConfigError):

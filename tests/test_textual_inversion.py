@@ -11,10 +11,18 @@ import torch
 from safetensors.torch import load_file
 
 from dva.core.errors import ConfigError
-from dva.finetune.textual_inversion import train
-from tests.test_finetune import config, log_rows
+from dva.finetune.trainer import train
+from tests.test_finetune import config as finetune_config
+from tests.test_finetune import log_rows
 
 PARTS = ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors")
+TI_OPTIONS = ("placeholder_template", "initializer_token")
+
+
+def config(model, data, out, schedule, **overrides):
+    """A textual-inversion run's settings; the strategy's options (``initializer_token``, ...) go to ``options``."""
+    options = {key: overrides.pop(key) for key in TI_OPTIONS if key in overrides}
+    return finetune_config(model, data, out, schedule, strategy="textual-inversion", options=options, **overrides)
 
 
 def embedding_key(weights: dict) -> str:

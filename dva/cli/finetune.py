@@ -1,37 +1,67 @@
-"""``dva finetune``: train a base model on a labelled dataset, class by class, into a dva model folder."""
+"""``dva finetune``: train a base model on a labelled dataset, class by class, into a dva model folder.
+
+Its flags come from the settings schema: a registry entry's ``finetune`` table settings
+(``dva.core.settings.FINETUNE_SETTINGS``), the command's own (``dva.finetune.config.COMMAND_SETTINGS``) and, as
+flags of their own, the options of the built-in strategies (``dva.plugins.finetuners``); any strategy's options,
+a plugin's too, are ``--finetune-option KEY=VALUE``. The entry (``--entry``) is merged with the flags given on the
+command line by the registry's one merge path.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import click
 
+from dva.cli.options import click_options
 from dva.core.errors import ConfigError
+from dva.core.settings import FINETUNE_SETTINGS, RUN_SETTINGS, Setting, by_name, select
+from dva.core.specs import Option
+from dva.finetune.config import COMMAND_SETTINGS
+from dva.plugins.finetuners import BUILTIN_FINETUNERS
+
+TABLE = by_name(s for s in FINETUNE_SETTINGS if s.flag)  # finetune-table settings with a flag of their own
+RECIPE_KEYS = {"base_model": "model", "encoder": "encoder", "encoder_path": "encoder_path"}  # flag -> recipe key
 
 
-CLI_TO_CONFIG = {"sample_prompts": "use_sample_prompts", "prior_prompt": "class_prompt"}
+def _strategy_flags() -> tuple[Setting, ...]:
+    """A flag for each option of each built-in strategy (``--lora-rank``), usable with that strategy only; a
+    ``finetune`` table may hold the option too (checked against the strategy's spec, as a flag's value is)."""
+    return tuple(
+        Setting(key, replace(option, help=f"{spec.name}: {option.help}."), "--" + key.replace("_", "-"),
+                in_recipe=False, doc=f"`{spec.name}`: {option.help}")
+        for spec in BUILTIN_FINETUNERS for key, option in spec.options.items()
+    )
 
 
-def _entry_settings(entry: str | None, registries: tuple[str, ...], catalogue: Any) -> dict[str, Any]:
-    """Model, encoder and the ``finetune`` table of a registry entry, as FinetuneConfig fields."""
-    if entry is None:
-        return {}
-    from dva.core.registry import load_entries, resolve
-
-    recipe = resolve(load_entries(registries), catalogue, entry)
-    if not recipe.finetune:
-        raise ConfigError(f"Registry entry '{entry}' has no finetune table; use an entry such as finetune-thesis.")
-    settings = {"base_model": recipe.model, "encoder": recipe.encoder, "encoder_path": recipe.encoder_options.get("path")}
-    return {**{k: v for k, v in settings.items() if v is not None}, **recipe.finetune}
-
-
-def _check(settings: dict[str, Any]) -> None:
-    """Every setting against its typed option, named by its flag."""
-    from dva.finetune.settings import FINETUNE_OPTIONS, flag_for
-
-    for key, value in settings.items():
-        if key in FINETUNE_OPTIONS and value is not None and key != "class_prompts":
-            FINETUNE_OPTIONS[key].check(value, flag_for(key))
+STRATEGY_FLAGS = _strategy_flags()
+STRATEGY_OF_FLAG = {key: spec.name for spec in BUILTIN_FINETUNERS for key in spec.options}
+OWN_FLAGS: tuple[Setting, ...] = (
+    Setting("entry", Option(str, None, "Registry entry with a `finetune` table (e.g. finetune-thesis); flags override "
+            "it."), "--entry", in_entry=False, in_recipe=False, unset="none",
+            doc="a registry entry with a `finetune` table (e.g. `finetune-thesis`); flags override it"),
+    Setting("class_prompt_pairs", Option(str, None, "A class's own prompt."), "--class-prompt", multiple=True,
+            metavar="CLASS=PROMPT", in_entry=False, in_recipe=False,
+            doc="a class's own prompt, repeatable (the `finetune` table's `class_prompts`)"),
+    Setting("finetune_options", Option(dict, None, "An option of the strategy (e.g. lora_rank=8), repeatable."),
+            "--finetune-option", metavar="KEY=VALUE", example="lora_rank=8", in_entry=False, in_recipe=False,
+            doc="an option of the strategy, repeatable (see [Strategies' options](#strategies-options))"),
+)
+FLAGS = (  # --help's order
+    "entry", "registries", "base_model", "data", "layout", "schedule", "out", "strategy", "finetune_options",
+    "encoder", "encoder_path", "prompt_template", "class_prompt_pairs", "use_sample_prompts", "healthy_class",
+    "prompt_dropout", "snr_gamma", "lesion_weight", "train_text_encoder", "prior_weight", "class_prompt", "class_data",
+    "generate_class_images", "class_images", *(s.name for s in STRATEGY_FLAGS), "learning_rate", "batch_size",
+    "gradient_accumulation", "mixed_precision", "gradient_checkpointing", "use_8bit_adam", "cache_latents",
+    "validation_every", "validation_images", "validation_count", "checkpoint_every", "keep_checkpoints", "resume",
+    "resume_with_new_settings", "seed", "device",
+)
+FINETUNE_FLAGS: tuple[Setting, ...] = select(
+    (by_name(RUN_SETTINGS)["registries"], *OWN_FLAGS, *COMMAND_SETTINGS, *TABLE.values(), *STRATEGY_FLAGS), FLAGS
+)
+# Table settings no flag sets (a registry entry's finetune table only); --class-prompt sets class_prompts.
+TABLE_ONLY: tuple[Setting, ...] = tuple(s for s in FINETUNE_SETTINGS if not s.flag and s.name != "class_prompts")
 
 
 def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -44,89 +74,70 @@ def _class_prompts(pairs: tuple[str, ...]) -> dict[str, str]:
     return prompts
 
 
+def _recipe(values: dict[str, Any], given: set[str], catalogue: Any) -> Any:
+    """The entry (if any) merged with the flags given: model, encoder and the ``finetune`` table, checked."""
+    from dva.core.registry import Draft, load_entries
+
+    entry = values["entry"]
+    draft = Draft.of(load_entries(values["registries"]), entry)
+    if entry is not None and not draft.finetune:
+        raise ConfigError(f"Registry entry '{entry}' has no finetune table; use an entry such as finetune-thesis.")
+    overrides: dict[str, Any] = {RECIPE_KEYS[name]: values[name] for name in RECIPE_KEYS if name in given}
+    overrides["finetune"] = {name: values[name] for name in TABLE if name in given}
+    return draft.apply(overrides).build(catalogue)
+
+
+def _strategy_options(strategy: str, table: dict[str, Any], values: dict[str, Any], given: set[str],
+                      catalogue: Any) -> dict[str, Any]:
+    """The strategy's options: the entry's, then ``--finetune-option`` pairs, then their own flags; checked against
+    the strategy's spec, each named by where it was set."""
+    flags = {name: values[name] for name in STRATEGY_OF_FLAG if name in given}
+    wrong = next((name for name in flags if STRATEGY_OF_FLAG[name] != strategy), None)
+    if wrong:
+        raise ConfigError(f"--{wrong.replace('_', '-')}: an option of strategy '{STRATEGY_OF_FLAG[wrong]}', not of "
+                          f"'{strategy}'; pass --strategy {STRATEGY_OF_FLAG[wrong]}, or drop it.")
+    options = {**table, **values["finetune_options"], **flags}
+    where = {**{key: f"--finetune-option {key}" for key in values["finetune_options"]},
+             **{key: f"--{key.replace('_', '-')}" for key in flags}}
+    return catalogue.get("finetuner", strategy).check_options(options, f"--strategy {strategy}", where)
+
+
+def make_config(values: dict[str, Any], given: set[str], catalogue: Any) -> Any:
+    """The run's :class:`~dva.finetune.config.FinetuneConfig` from the command's values (``given``: those set on
+    the command line, which override the entry's)."""
+    from dva.finetune.config import FinetuneConfig
+    from dva.finetune.schedule import parse_schedule
+
+    recipe = _recipe(values, given, catalogue)
+    table = dict(recipe.finetune or {})
+    strategy = table.pop("strategy", TABLE["strategy"].option.default)
+    settings = {key: table.pop(key) for key in list(table) if key in by_name(FINETUNE_SETTINGS)}
+    settings["class_prompts"] = {**settings.get("class_prompts", {}), **_class_prompts(values["class_prompt_pairs"])}
+    for key, flag in (("model", "--model"), ("schedule", "--schedule")):
+        if not (recipe.model if key == "model" else settings.get(key)):
+            raise ConfigError(f"{flag} is missing; pass it, or an --entry whose recipe sets it.")
+    command = {s.name: values[s.name] for s in COMMAND_SETTINGS if s.name not in RECIPE_KEYS}
+    return FinetuneConfig(
+        **command, **{**settings, "schedule": parse_schedule(settings["schedule"])}, base_model=recipe.model,
+        encoder=recipe.encoder, encoder_path=recipe.encoder_options.get("path"), strategy=strategy,
+        options=_strategy_options(strategy, table, values, given, catalogue),
+    )
+
+
 @click.command()
-@click.option("--entry", help="Registry entry with a `finetune` table (e.g. finetune-thesis); flags override it.")
-@click.option("--registry", "registries", multiple=True, type=click.Path(dir_okay=False), help="Extra registry file.")
-@click.option("--model", "base_model", help="Base Stable Diffusion folder or hub id (or a dva model folder).")
-@click.option("--data", required=True, type=click.Path(), help="Labelled dataset (COVID-19 Radiography layout, class folders or CSV).")
-@click.option("--layout", default="auto", show_default=True, help="Dataset layout; see `dva plugins`.")
-@click.option("--schedule", help='Classes in order with their steps, e.g. "Normal:1200,Lung Opacity:500".')
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="The dva model folder to write.")
-@click.option("--strategy", default="dreambooth", show_default=True, help="Fine-tuning strategy.")
-@click.option("--encoder", help="Text encoder (default: the base model's own).")
-@click.option("--encoder-path", help="Load the encoder from this folder instead of its default source.")
-@click.option("--prompt-template", default="{label}", show_default=True, help="Prompt of a class, {label} is its name.")
-@click.option("--class-prompt", "class_prompt_pairs", multiple=True, metavar="CLASS=PROMPT", help="A class's own prompt.")
-@click.option("--sample-prompts/--no-sample-prompts", default=False, help="Use per-image prompts of the dataset (phantoms).")
-@click.option("--healthy-class", default="Normal", show_default=True, help="Class whose prompt `dva run` uses by default.")
-@click.option("--prompt-dropout", type=float, default=0.0, show_default=True, help="Chance of an empty prompt (keeps guidance meaningful).")
-@click.option("--snr-gamma", type=float, default=0.0, show_default=True,
-              help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is usual, 0 turns it off).")
-@click.option("--lesion-weight", type=float, default=0.0, show_default=True,
-              help="Extra loss weight inside the dataset's lesion masks: a lesion pixel counts 1 + W times.")
-@click.option("--train-text-encoder/--freeze-text-encoder", default=True, show_default=True)
-@click.option("--prior-weight", type=float, default=1.0, show_default=True,
-              help="Prior-preservation loss weight (0: off); its images are the dataset's healthy class by default.")
-@click.option("--prior-prompt", help="Prompt of the prior-preservation images (default: the healthy class's prompt).")
-@click.option("--class-data", type=click.Path(), help="Folder of your own prior-preservation images (instead of the "
-              "dataset's healthy class).")
-@click.option("--generate-class-images", is_flag=True, default=False,
-              help="Prior-preservation images generated by the base model; only with the encoder it was trained with.")
-@click.option("--class-images", type=int, default=100, show_default=True,
-              help="How many images --generate-class-images makes.")
-@click.option("--placeholder-template", default="<{label}>", show_default=True,
-              help="textual-inversion: the new token of a class ({label} is its name).")
-@click.option("--initializer-token", default="chest", show_default=True,
-              help="textual-inversion: the existing single token new embeddings start from.")
-@click.option("--lora-rank", type=int, default=4, show_default=True, help="lora: adapter rank.")
-@click.option("--lora-alpha", type=float, default=4.0, show_default=True, help="lora: adapter scale numerator.")
-@click.option("--lora-text-encoder", is_flag=True, help="lora: adapters on the text encoder too.")
-@click.option("--learning-rate", type=float, default=5e-5, show_default=True)
-@click.option("--batch-size", type=int, default=2, show_default=True)
-@click.option("--gradient-accumulation", type=int, default=1, show_default=True)
-@click.option("--mixed-precision", type=click.Choice(["no", "bf16", "fp16"]), default="no", show_default=True)
-@click.option("--gradient-checkpointing", is_flag=True)
-@click.option("--use-8bit-adam", is_flag=True, help="bitsandbytes' 8-bit AdamW.")
-@click.option("--cache-latents", is_flag=True, help="Encode the dataset with the VAE once instead of every step.")
-@click.option("--validation-every", type=int, default=0, show_default=True,
-              help="Every N steps, counterfactuals of held-out images with the current weights (0: never).")
-@click.option("--validation-images", type=click.Path(), help="Held-out abnormal images for validation (file or folder).")
-@click.option("--validation-count", type=int, default=4, show_default=True, help="How many validation images.")
-@click.option("--checkpoint-every", type=int, default=500, show_default=True)
-@click.option("--keep-checkpoints", type=int, default=2, show_default=True)
-@click.option("--resume", help="'latest' or a checkpoint folder: continue an interrupted run with the same settings.")
-@click.option("--resume-with-new-settings", is_flag=True, default=False,
-              help="Allow --resume to go on with settings that differ from the checkpoint's (dva.json records both).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu"]), default="auto", show_default=True,
-              help="cpu forces the CPU; GPUs and processes come from `accelerate launch`.")
+@click_options(FINETUNE_FLAGS)
 @click.pass_context
-def finetune(ctx: click.Context, entry: str | None, registries: tuple[str, ...], class_prompt_pairs: tuple[str, ...],
-             **options: Any) -> int:
+def finetune(ctx: click.Context, **values: Any) -> int:
     """Fine-tune a base model on labelled scans (DreamBooth, textual inversion or LoRA; multi-class schedules)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from dva.core.plugins import get_catalogue
-    from dva.finetune.dreambooth import FinetuneConfig
-    from dva.finetune.schedule import parse_schedule
+    from dva.finetune.trainer import train
 
     catalogue = get_catalogue()
-    settings = _entry_settings(entry, registries, catalogue)
-    for name, value in options.items():
-        key = CLI_TO_CONFIG.get(name, name)
-        given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        if given or key not in settings:
-            settings[key] = value
-    settings["class_prompts"] = {**settings.get("class_prompts", {}), **_class_prompts(class_prompt_pairs)}
-    for key in ("base_model", "schedule"):
-        if not settings.get(key):
-            flag = "--model" if key == "base_model" else "--schedule"
-            raise ConfigError(f"{flag} is missing; pass it, or an --entry whose recipe sets it.")
-    _check(settings)
-    strategy = settings.pop("strategy")
-    trainer = catalogue.get("finetuner", strategy).resolve()
-    config = FinetuneConfig(**{**settings, "schedule": parse_schedule(settings["schedule"])})
+    given = {name for name in values if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    config = make_config(values, given, catalogue)
     console = Console(stderr=True, soft_wrap=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -141,7 +152,7 @@ def finetune(ctx: click.Context, entry: str | None, registries: tuple[str, ...],
         progress.update(task["id"], completed=step, description=label, loss=f"{loss:.4f}")
 
     try:
-        out = trainer(config, catalogue, on_step=on_step)
+        out = train(config, catalogue, on_step=on_step)
     finally:
         if task:
             progress.stop()

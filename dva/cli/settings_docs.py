@@ -94,11 +94,14 @@ def flags_table(settings: Iterable[Setting]) -> str:
 
 def tables() -> dict[str, dict[str, Callable[[], str]]]:
     """Each docs file's generated tables, by marker name."""
+    from dva.cli.finetune import FINETUNE_FLAGS, STRATEGY_FLAGS, TABLE_ONLY
     from dva.cli.run import RUN_FLAGS
 
     return {
         "docs/registry.md": {"registry-keys": lambda: keys_table(RUN_SETTINGS)},
         "docs/usage.md": {"run-flags": lambda: flags_table(select(RUN_SETTINGS, RUN_FLAGS))},
+        "docs/finetune.md": {"finetune-flags": lambda: flags_table((*FINETUNE_FLAGS, *TABLE_ONLY)),
+                             "finetune-strategy-options": lambda: keys_table(STRATEGY_FLAGS)},
     }
 
 

@@ -8,7 +8,6 @@ the encoder (``projection/``), and a fresh untrained one is created only with a 
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import warnings
@@ -16,17 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from dva.core.adapters import load_projection, save_projection
 from dva.core.errors import ConfigError
-from dva.core.io import atomic_write_text
 from dva.core.pickles import refused_pickle
 
 log = logging.getLogger("dva")
 
-PROJECTION_WEIGHTS = "model.safetensors"
 PACKAGE_PREFIX = "package:"
-PROJECTION_CONFIG = "config.json"
 
 
 def _transformers_classes(family: str) -> tuple[Any, Any]:
@@ -225,26 +221,3 @@ class TextEncoder(torch.nn.Module):
         if self.projection is not None:
             save_projection(self.projection, folder / "projection")
 
-
-def save_projection(projection: torch.nn.Linear, folder: Path) -> None:
-    """Save a projection as safetensors plus a small JSON config."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in projection.state_dict().items()}
-    tmp = folder / (PROJECTION_WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / PROJECTION_WEIGHTS)
-    config = {"in_features": projection.in_features, "out_features": projection.out_features}
-    atomic_write_text(folder / PROJECTION_CONFIG, json.dumps(config, indent=2))
-
-
-def load_projection(folder: str | Path) -> torch.nn.Linear:
-    """Load a projection saved by :func:`save_projection` (safetensors only: nothing is unpickled)."""
-    folder = Path(folder)
-    try:
-        config = json.loads((folder / PROJECTION_CONFIG).read_text())
-        state = load_file(str(folder / PROJECTION_WEIGHTS))
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"Cannot read the projection in '{folder}' ({_short(error)}); the model folder is incomplete.") from error
-    projection = torch.nn.Linear(int(config["in_features"]), int(config["out_features"]))
-    projection.load_state_dict(state)
-    return projection

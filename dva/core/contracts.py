@@ -216,8 +216,9 @@ StepCallback = Callable[[int, int, str, float], None]  # (step, total, phase lab
 
 
 class Finetuner(Protocol):
-    """A ``FinetunerSpec``'s ``implementation``: train on ``config`` (a ``dva.FinetuneConfig``) phase by
-    phase, report each step, and write a dva model folder to ``config.out``; returns its path."""
+    """A ``FinetunerSpec``'s ``implementation`` that is a whole training run of its own: train on ``config`` (a
+    ``dva.FinetuneConfig``) phase by phase, report each step, and write a dva model folder to ``config.out``;
+    returns its path. (Most strategies are instead a ``dva.FinetuneStrategy`` subclass, which dva's trainer runs.)"""
 
     def __call__(self, config: Any, catalogue: Any, on_step: StepCallback = ...) -> Path: ...
 

@@ -3,7 +3,8 @@
 A **dva model folder** is the diffusers layout (``unet/``, ``vae/``, ``scheduler/``) plus the text
 encoder and tokenizer of whatever family was used (``text_encoder/``, ``tokenizer/``), the
 projection to the UNet's width if any (``projection/``), and ``dva.json`` saying which encoder,
-modality and prompts it was trained with.
+modality and prompts it was trained with. A **LoRA folder** (adapters only, see :mod:`dva.core.adapters`)
+stands for the base model its ``dva.json`` names, with the adapters on top.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dva.core.adapters import is_lora_folder
 from dva.core.errors import ConfigError
 from dva.core.io import atomic_write_text
 
@@ -66,8 +68,6 @@ def inspect_model(location: str | None) -> ModelSource:
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"--model {location}: is a file; pass the model folder (with unet/, vae/, scheduler/).")
-        from dva.finetune.lora import is_lora_folder, resolve_lora_source
-
         if is_lora_folder(path):  # adapters only: the base model named in its dva.json, with the adapters on top
             return resolve_lora_source(path)
         missing = [part for part in REQUIRED_PARTS if not (path / part).is_file()]
@@ -83,6 +83,32 @@ def inspect_model(location: str | None) -> ModelSource:
     if HUB_ID.match(location) and not looks_local:
         return ModelSource(location, False)
     raise ConfigError(f"--model {location}: no such folder, and not a hub id (organisation/name); check the path.")
+
+
+def resolve_lora_source(folder: str | Path) -> ModelSource:
+    """The :class:`ModelSource` of a LoRA folder's base model, with the LoRA's dva.json on top.
+
+    ``location`` is the base model (so the UNet, VAE, scheduler and encoder load from there), ``dva`` is the LoRA
+    folder's dva.json (its encoder, prompts, classes) plus ``lora_folder``: the folder that
+    :func:`dva.core.adapters.apply_lora` takes.
+    """
+    folder = Path(folder).expanduser()
+    info = read_dva_json(folder)
+    base_location = info.get("base_model")
+    if not base_location:
+        raise ConfigError(f"LoRA folder {folder}: dva.json names no base_model; rewrite it with the base model's path.")
+    try:
+        base = inspect_model(base_location)
+    except ConfigError as error:
+        raise ConfigError(
+            f"LoRA folder {folder} applies to the base model '{base_location}', which cannot be used ({error}); "
+            "put the base model back there, or edit base_model in its dva.json."
+        ) from error
+    trained = base.dva.get("encoder") if base.is_dva_folder else "clip"
+    if info.get("encoder") != trained:
+        raise ConfigError(f"LoRA folder {folder}: trained with encoder '{info.get('encoder')}' but its base "
+                          f"'{base_location}' has '{trained}'; the base model was replaced.")
+    return ModelSource(base.location, base.is_local, {**info, "lora_folder": str(folder)}, base.has_text_encoder)
 
 
 def check_model_size(folder: Path) -> None:

@@ -330,7 +330,7 @@ def assemble(recipe: Recipe, catalogue: Any) -> Runtime:
     def encoder_on_device() -> Any:
         encoder = load_chosen_encoder(choice, catalogue, int(unet.config.cross_attention_dim))
         if lora:
-            from dva.finetune.lora import apply_lora
+            from dva.core.adapters import apply_lora
 
             apply_lora(unet, encoder, lora)
         return encoder.to(device=device, dtype=dtype).eval().requires_grad_(False)

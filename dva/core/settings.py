@@ -240,10 +240,11 @@ def _train(name: str, option: Option, flag: str | None = None, **kwargs: Any) ->
 
 
 # The settings a ``finetune`` table may hold (fields of the trainer's configuration that are not its data and
-# output paths). A strategy's own options may instead be declared by its FinetunerSpec: a table key missing here
-# is checked against those (:func:`check_finetune_table`).
+# output paths), whatever the strategy. A strategy's own options (LoRA's rank, textual inversion's tokens) are
+# declared by its FinetunerSpec: a table key missing here is checked against those (:func:`check_finetune_table`).
 FINETUNE_SETTINGS: tuple[Setting, ...] = (
-    _train("strategy", Option(str, "dreambooth", "Fine-tuning strategy."), doc="a registered fine-tuning strategy"),
+    _train("strategy", Option(str, "dreambooth", "Fine-tuning strategy."),
+           doc="`dreambooth`, `lora`, `textual-inversion`, or a plugin's (its options: `--finetune-option`)"),
     _train("schedule", Option(str, None, 'Classes in order with their steps, e.g. "Normal:1200,Lung Opacity:500".'),
            flag_default=False),
     _train("layout", Option(str, "auto", "Dataset layout; see `dva plugins`.")),
@@ -258,7 +259,8 @@ FINETUNE_SETTINGS: tuple[Setting, ...] = (
            "off).", 0.0, 1000.0)),
     _train("lesion_weight", Option(float, 0.0, "Extra loss weight inside the dataset's lesion masks: a lesion pixel "
            "counts 1 + W times.", 0.0, 1000.0)),
-    _train("train_text_encoder", Option(bool, True), "--train-text-encoder/--freeze-text-encoder"),
+    _train("train_text_encoder", Option(bool, True), "--train-text-encoder/--freeze-text-encoder",
+           doc="train the text encoder with the UNet (frozen: byte-identical; a projection trains either way)"),
     _train("prior_weight", Option(float, 1.0, "Prior-preservation loss weight (0: off); its images are the dataset's "
            "healthy class by default.", 0.0, 100.0)),
     _train("class_prompt", Option(str, None, "Prompt of the prior-preservation images (default: the healthy class's "
@@ -267,24 +269,20 @@ FINETUNE_SETTINGS: tuple[Setting, ...] = (
            "with the encoder it was trained with.")),
     _train("class_images", Option(int, 100, "How many images --generate-class-images makes.", 1, 100_000)),
     _train("class_steps", Option(int, 25, "Sampling steps of each generated prior-preservation image.", 1, 1000), ""),
-    _train("placeholder_template", Option(str, "<{label}>", "textual-inversion: the new token of a class ({label} is "
-           "its name).")),
-    _train("initializer_token", Option(str, "chest", "textual-inversion: the existing single token new embeddings "
-           "start from.")),
-    _train("lora_rank", Option(int, 4, "lora: adapter rank.", 1, 1024)),
-    _train("lora_alpha", Option(float, 4.0, "lora: adapter scale numerator.", 0.0)),
-    _train("lora_text_encoder", Option(bool, False, "lora: adapters on the text encoder too.")),
-    _train("learning_rate", Option(float, 5e-5, "", 1e-12, 1.0)),
-    _train("batch_size", Option(int, 2, "", 1, 4096)),
-    _train("gradient_accumulation", Option(int, 1, "", 1, 4096)),
-    _train("mixed_precision", Option(str, "no", "", choices=("no", "bf16", "fp16"))),
-    _train("gradient_checkpointing", Option(bool, False)),
+    _train("learning_rate", Option(float, 5e-5, "", 1e-12, 1.0), doc="AdamW's learning rate (constant)"),
+    _train("batch_size", Option(int, 2, "", 1, 4096), doc="images per micro-batch and process (plus as many "
+           "prior-preservation images)"),
+    _train("gradient_accumulation", Option(int, 1, "", 1, 4096), doc="micro-batches per optimizer step"),
+    _train("mixed_precision", Option(str, "no", "", choices=("no", "bf16", "fp16")),
+           doc="accelerate's mixed precision"),
+    _train("gradient_checkpointing", Option(bool, False), doc="recompute activations in the backward pass "
+           "(less memory, slower)"),
     _train("use_8bit_adam", Option(bool, False, "bitsandbytes' 8-bit AdamW.")),
     _train("cache_latents", Option(bool, False, "Encode the dataset with the VAE once instead of every step.")),
     _train("max_grad_norm", Option(float, 1.0, "Gradient norm clipping.", 0.0), ""),
-    _train("checkpoint_every", Option(int, 500, "", 0)),
-    _train("keep_checkpoints", Option(int, 2, "", 1)),
-    _train("seed", Option(int, 0, "", 0)),
+    _train("checkpoint_every", Option(int, 500, "", 0), doc="steps between checkpoints (0: none)"),
+    _train("keep_checkpoints", Option(int, 2, "", 1), doc="the newest checkpoints kept"),
+    _train("seed", Option(int, 0, "", 0), doc="seed of every random draw, with the step, micro-batch and process"),
     _train("validation_every", Option(int, 0, "Every N steps, counterfactuals of held-out images with the current "
            "weights (0: never).", 0)),
     _train("validation_count", Option(int, 4, "How many validation images.", 1)),

@@ -59,30 +59,21 @@ NOT_TRAINING = frozenset({
     "out", "resume", "resume_with_new_settings", "device", "validation_every", "validation_images", "validation_count",
     "checkpoint_every", "keep_checkpoints", "cache_latents", "gradient_checkpointing",
 })
-ONLY_FOR = {  # settings that matter only to one strategy or prior source
-    "lora_rank": "lora", "lora_alpha": "lora", "lora_text_encoder": "lora",
-    "placeholder_template": "textual-inversion", "initializer_token": "textual-inversion",
-}
 PATHS = ("base_model", "data", "class_data", "encoder_path")
 
 
-def training_settings(config: Any, strategy: str, processes: int) -> dict[str, Any]:
-    """The settings of ``config`` that change the trained weights, as JSON values (local paths made absolute)."""
-    from dataclasses import asdict
-
-    from dva.finetune.schedule import format_schedule
-
-    settings = asdict(config)
-    settings["schedule"] = format_schedule(config.schedule)
+def training_settings(config: Any, processes: int) -> dict[str, Any]:
+    """The settings of ``config`` that change the trained weights (its strategy's options among them), as JSON
+    values (local paths made absolute)."""
+    settings = config.settings()
     for key in PATHS:
         if settings.get(key) and Path(settings[key]).expanduser().exists():
             settings[key] = str(Path(settings[key]).expanduser().resolve())
-    settings = {key: value for key, value in settings.items()
-                if key not in NOT_TRAINING and ONLY_FOR.get(key, strategy) == strategy}
+    settings = {key: value for key, value in settings.items() if key not in NOT_TRAINING}
     if not settings.get("generate_class_images"):
         settings.pop("class_images", None)
         settings.pop("class_steps", None)
-    settings.update(strategy=strategy, processes=processes)
+    settings.update(strategy=config.strategy, processes=processes)
     return json.loads(json.dumps(settings))
 
 
@@ -113,7 +104,7 @@ def differences(before: dict[str, Any], after: dict[str, Any], step: int) -> lis
 
 
 def _show(settings: dict[str, Any], keys: list[str]) -> str:
-    from dva.finetune.settings import flag_for
+    from dva.finetune.config import flag_for
 
     return ", ".join(f"{flag_for(key)} {json.dumps(settings.get(key))}" for key in keys)
 

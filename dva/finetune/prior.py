@@ -29,6 +29,7 @@ import torch
 
 from dva.core import io
 from dva.core.errors import ConfigError
+from dva.finetune.data import step_seed
 
 DATASET = "dataset"
 CLASS_DATA = "class-data"
@@ -106,8 +107,6 @@ def class_images(plan: PriorPlan, config: Any, unet: Any, vae: Any, scheduler_co
         return list(plan.files)
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from dva.finetune.dreambooth import _seed
-
     key = hashlib.sha256(
         json.dumps([config.base_model, encoder.name, plan.prompt, resolution, config.class_steps, config.seed]).encode()
     ).hexdigest()[:12]
@@ -122,7 +121,7 @@ def class_images(plan: PriorPlan, config: Any, unet: Any, vae: Any, scheduler_co
         pipeline.set_progress_bar_config(disable=True)
         embeds = encoder.encode([plan.prompt, ""]).to(unet.dtype)
         for path in missing:
-            generator = torch.Generator("cpu").manual_seed(_seed(config.seed, int(path.stem), 7))
+            generator = torch.Generator("cpu").manual_seed(step_seed(config.seed, int(path.stem), 7))
             with torch.no_grad():
                 image = pipeline(
                     prompt_embeds=embeds[:1], negative_prompt_embeds=embeds[1:], height=resolution, width=resolution,

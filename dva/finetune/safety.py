@@ -15,19 +15,21 @@ from typing import Any
 import torch
 
 from dva.core.errors import ConfigError
-from dva.finetune.settings import FINETUNE_OPTIONS, flag_for
+from dva.core.settings import FINETUNE_SETTINGS
+from dva.finetune.config import flag_for
 
-NOT_CONFIG_FIELDS = ("strategy", "schedule")  # checked as text by the CLI; the config holds them parsed or not at all
+NOT_CHECKED = ("schedule", "class_prompts")  # held parsed (phases), or checked by the registry and the CLI
 
 
 def check_settings(config: Any) -> None:
-    """Every setting of ``config`` that has a typed option, checked against it (ranges, finiteness), named by its flag."""
-    for key, option in FINETUNE_OPTIONS.items():
-        if key in NOT_CONFIG_FIELDS or key == "class_prompts" or not hasattr(config, key):
+    """Every setting of ``config`` from a ``finetune`` table, checked against its typed option (ranges, finiteness),
+    named by its flag. (The strategy's own options are checked against its spec when the run starts.)"""
+    for setting in FINETUNE_SETTINGS:
+        if setting.name in NOT_CHECKED or not hasattr(config, setting.name):
             continue
-        value = getattr(config, key)
+        value = getattr(config, setting.name)
         if value is not None:
-            option.check(value, flag_for(key))
+            setting.option.check(value, flag_for(setting.name))
 
 
 def _local(location: str | None) -> Path | None:
