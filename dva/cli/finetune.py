@@ -22,6 +22,7 @@ from dva.finetune.config import COMMAND_SETTINGS
 from dva.plugins.finetuners import BUILTIN_FINETUNERS
 
 TABLE = by_name(s for s in FINETUNE_SETTINGS if s.flag)  # finetune-table settings with a flag of their own
+TABLE_KEYS = frozenset(s.name for s in FINETUNE_SETTINGS)  # the rest of a finetune table: the strategy's options
 RECIPE_KEYS = {"base_model": "model", "encoder": "encoder", "encoder_path": "encoder_path"}  # flag -> recipe key
 
 
@@ -111,10 +112,10 @@ def make_config(values: dict[str, Any], given: set[str], catalogue: Any) -> Any:
     recipe = _recipe(values, given, catalogue)
     table = dict(recipe.finetune or {})
     strategy = table.pop("strategy", TABLE["strategy"].option.default)
-    settings = {key: table.pop(key) for key in list(table) if key in by_name(FINETUNE_SETTINGS)}
+    settings = {key: table.pop(key) for key in list(table) if key in TABLE_KEYS}
     settings["class_prompts"] = {**settings.get("class_prompts", {}), **_class_prompts(values["class_prompt_pairs"])}
-    for key, flag in (("model", "--model"), ("schedule", "--schedule")):
-        if not (recipe.model if key == "model" else settings.get(key)):
+    for flag, value in (("--model", recipe.model), ("--schedule", settings.get("schedule"))):
+        if not value:
             raise ConfigError(f"{flag} is missing; pass it, or an --entry whose recipe sets it.")
     command = {s.name: values[s.name] for s in COMMAND_SETTINGS if s.name not in RECIPE_KEYS}
     return FinetuneConfig(

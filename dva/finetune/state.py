@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from dva.finetune.data import TextCache, TrainingData
+from dva.finetune.schedule import total_steps
 
 
 @dataclass
@@ -58,8 +59,6 @@ class TrainingRun:
     @property
     def total(self) -> int:
         """The schedule's optimizer steps."""
-        from dva.finetune.schedule import total_steps
-
         return total_steps(self.config.schedule)
 
     def unwrapped(self, name: str) -> Any:
