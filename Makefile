@@ -35,8 +35,11 @@ demo: $(STAMP)
 tiny-model: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m dva.tinymodel.build --force --work build/tiny-model
 
+# Test processes (pytest-xdist); each test runs torch on one thread, so one process per core.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # The benchmark scripts' smoke tests (quick settings, about two minutes).
 test-bench: $(STAMP)

@@ -310,7 +310,7 @@ def max_png_difference(a: Path, b: Path) -> int:
 
 
 def manifest_scaling(sizes: tuple[int, ...]) -> list[dict[str, Any]]:
-    """Cost of one ``write_manifest`` call with n image entries (dva rewrites it after every batch)."""
+    """Cost of one ``write_manifest`` call with n image entries (dva rewrites it at most every 15 s, and at the end)."""
     from dva.core.manifest import write_manifest
 
     entry = {
