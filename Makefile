@@ -45,7 +45,7 @@ test: $(STAMP)
 test-bench: $(STAMP)
 	$(PY) -m pytest -q -m bench tests/test_bench_scripts.py
 
-bench: $(STAMP)
+bench: test-bench
 	$(PY) benchmarks/bench_run.py
 	$(PY) benchmarks/bench_finetune.py
 	$(PY) benchmarks/bench_fid.py
