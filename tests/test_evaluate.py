@@ -88,7 +88,8 @@ def test_the_thesis_tables_from_one_call(catalogue_with_mean_gap, phantoms, coun
 
     result = evaluate(catalogue_with_mean_gap, phantoms, [counterfactual_run],
                       metrics=["mean-gap", "ssim", "ms-ssim", "localisation"])
-    assert [t.key for t in result.tables] == ["6.1-mean-gap", "6.2-mean-gap", "6.3", "localisation", "null-test"]
+    assert [t.key for t in result.tables] == ["6.1-mean-gap", "6.2-mean-gap", "6.3", "localisation", "null-test",
+                                              "image-level"]
 
     def real(label):
         return sorted((phantoms / label / "images").glob("*.png"))
@@ -125,7 +126,10 @@ def test_the_thesis_tables_from_one_call(catalogue_with_mean_gap, phantoms, coun
     assert document["evaluated_images"] == 9 and "torch" in document["versions"]
     with open(out / "per_image.csv") as handle:
         per_image = list(csv.DictReader(handle))
-    assert len(per_image) == 9 and {"input", "class", "ssim", "ms_ssim", "auroc", "lung_energy"} <= set(per_image[0])
+    assert len(per_image) == 9 and {"input", "class", "ssim", "ms_ssim", "auroc", "lung_energy", "score_energy",
+                                    "score_p99.5"} <= set(per_image[0])
+    assert "## Image-level scores: Normal against each abnormal class" in (out / "tables.md").read_text()
+    assert document["image_level"]["preferred"] == "p99.5"
 
 
 def test_ssim_in_table_6_3_is_pytorch_msssim_on_input_and_counterfactual(catalogue, phantoms, counterfactual_run):
@@ -165,6 +169,80 @@ def test_a_map_equal_to_the_lesion_scores_perfectly_and_healthy_maps_are_the_nul
     null_test = table(result, "null-test")
     assert null_test.columns == ["class", "images", "energy", "relative to healthy"]
     assert null_test.rows[0][0] == "Normal" and null_test.rows[0][3] == pytest.approx(1.0)
+
+
+def rewrite_maps(run: Path, value_of_class) -> None:
+    """Every map of ``run`` made constant: ``value_of_class(class folder prefix)`` everywhere."""
+    from safetensors.numpy import load_file, save_file
+
+    for file in run.glob("*/attribution.safetensors"):
+        maps = load_file(str(file))
+        label = file.parent.name.rsplit("-", 1)[0]
+        maps["attribution_fullsize"] = np.full_like(maps["attribution_fullsize"], value_of_class(label))
+        save_file(maps, str(file))
+
+
+def image_level_rows(result) -> dict[tuple[str, str], dict]:
+    found = table(result, "image-level")
+    return {(row[0], row[1]): dict(zip(found.columns, row)) for row in found.rows}
+
+
+def test_image_level_auroc_is_one_when_every_sick_map_is_louder_and_chance_when_all_are_alike(
+    catalogue, phantoms, counterfactual_run, tmp_path
+):
+    separated, alike = tmp_path / "separated", tmp_path / "alike"
+    shutil.copytree(counterfactual_run, separated)
+    shutil.copytree(counterfactual_run, alike)
+    rewrite_maps(separated, lambda label: 0.1 if label == "Normal" else -0.4)  # the sign does not matter: |map|
+    rewrite_maps(alike, lambda label: 0.2)
+    rows = image_level_rows(evaluate(catalogue, phantoms, [separated], metrics=["localisation"]))
+    assert set(rows) == {(method, label) for method in ("p99.5", "energy") for label in ("Cardiomegaly", "Lung Opacity")}
+    assert all(row["AUROC"] == 1.0 and row["AUPRC"] == 1.0 and row["images"] == 6 for row in rows.values())
+    result = evaluate(catalogue, phantoms, [alike], metrics=["localisation"])
+    assert all(row["AUROC"] == 0.5 and row["AUPRC"] == pytest.approx(0.5) for row in image_level_rows(result).values())
+    assert result.summary["image_level"]["methods"]["energy"]["auroc"] == 0.5
+
+
+def test_a_record_score_is_preferred_over_the_map_derived_ones(catalogue, phantoms, counterfactual_run, tmp_path):
+    """A calibrated run writes each image's score into record.json and the method into manifest.json."""
+    run = tmp_path / "run"
+    shutil.copytree(counterfactual_run, run)
+    rewrite_maps(run, lambda label: 0.1 if label == "Normal" else 0.4)  # the maps separate perfectly ...
+    for file in run.glob("*/record.json"):
+        record = json.loads(file.read_text())
+        record["score"] = 5.0 if file.parent.name.startswith("Normal") else 1.0  # ... the scores the wrong way round
+        file.write_text(json.dumps(record))
+    manifest = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "score_method": "test-z"}))
+    result = evaluate(catalogue, phantoms, [run], metrics=["localisation"])
+    found = table(result, "image-level")
+    assert [row[0] for row in found.rows] == ["record (test-z)"] * 2 + ["p99.5"] * 2 + ["energy"] * 2
+    rows = image_level_rows(result)
+    assert rows[("record (test-z)", "Lung Opacity")]["AUROC"] == 0.0 and rows[("energy", "Lung Opacity")]["AUROC"] == 1.0
+    assert result.summary["image_level"]["preferred"] == "record"
+    assert {row["score"] for row in result.per_image} == {1.0, 5.0}
+    without_maps = evaluate(catalogue, phantoms, [run], metrics=["ssim"])
+    assert [row[0] for row in table(without_maps, "image-level").rows] == ["record (test-z)"] * 2, \
+        "a record score needs no lesion masks"
+    assert table(without_maps, "6.3").columns == ["class", "images", "SSIM"]
+
+
+def test_the_calibrated_map_is_scored_when_asked_and_its_absence_is_one_sentence(catalogue, phantoms,
+                                                                                counterfactual_run, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    run = tmp_path / "run"
+    shutil.copytree(counterfactual_run, run)
+    with pytest.raises(ConfigError, match="has no calibrated map"):
+        evaluate(catalogue, phantoms, [run], metrics=["localisation"], map="calibrated")
+    for file in run.glob("*/attribution.safetensors"):
+        maps = load_file(str(file))
+        sick = not file.parent.name.startswith("Normal")
+        maps["calibrated_fullsize"] = np.full_like(maps["attribution_fullsize"], 3.0 if sick else 0.0)
+        save_file(maps, str(file))
+    result = evaluate(catalogue, phantoms, [run], metrics=["localisation"], map="calibrated")
+    assert all(row["AUROC"] == 1.0 for row in image_level_rows(result).values())
+    assert result.summary["map"] == "calibrated"
 
 
 def test_an_induction_run_gives_table_8_1(catalogue_with_mean_gap, tiny_radbert_model, phantoms, tmp_path):

@@ -61,15 +61,18 @@ def _metric_list(text: str | None) -> list[str] | None:
 @click.option("--healthy-class", help="The dataset's healthy class (default: the one named Normal, Healthy or No Finding).")
 @click.option("--induced", help="For an induction run: the disease class it induced (default: the class its prompt names).")
 @click.option("--within-lungs", is_flag=True, help="SSIM and MS-SSIM inside each image's lung mask.")
+@click.option("--map", "map_name", type=click.Choice(["attribution", "calibrated"]), default="attribution",
+              show_default=True, help="Which map to score: the raw one, or the calibrated one a calibrated model writes.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps (feature extraction).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Feature cache folder (default: $DVA_CACHE or ~/.cache/dva).")
 @click.option("--out", type=click.Path(file_okay=False), help="Where the tables go (default: RUN/evaluation).")
 @click.pass_context
 def evaluate(ctx: click.Context, real: str | None, generated: tuple[str, ...], metrics: str | None,
              metric_option: tuple[str, ...], fid_weights: str | None, layout: str, healthy_class: str | None,
-             induced: str | None, within_lungs: bool, device: str | None, cache_dir: str | None,
+             induced: str | None, within_lungs: bool, map_name: str, device: str | None, cache_dir: str | None,
              out: str | None) -> int:
-    """Tables 6.1, 6.2, 6.3 and 8.1 of the thesis, and localisation of the maps, for runs on a real dataset.
+    """Tables 6.1, 6.2, 6.3 and 8.1 of the thesis, localisation of the maps, the null test and image-level
+    scores (healthy against each abnormal class), for runs on a real dataset.
 
     Without --real, only SSIM and MS-SSIM between each input and its counterfactual. Writes tables.md,
     tables.csv, per_image.csv and evaluation.json into --out.
@@ -95,7 +98,7 @@ def evaluate(ctx: click.Context, real: str | None, generated: tuple[str, ...], m
     names = _metric_list(metrics)
     for name in names or ():
         catalogue.get("metric", name)
-    settings = Settings(names, options, healthy_class, induced, within_lungs, device, cache_dir)
+    settings = Settings(names, options, healthy_class, induced, within_lungs, device, cache_dir, map_name)
     runs = [read_run(folder) for folder in generated]
     dataset = open_dataset(real, layout, catalogue) if real else None
     target = Path(out) if out else Path(generated[0]) / "evaluation"

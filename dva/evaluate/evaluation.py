@@ -51,6 +51,7 @@ class Settings:
     within_lungs: bool = False
     device: str | None = None
     cache_dir: str | None = None
+    map: str = "attribution"  # which map to score: the raw "attribution", or a calibrated model's "calibrated"
 
 
 @dataclass
@@ -254,18 +255,22 @@ def score_pairs(measures: list[Measure], pairs: list[Pair], within_lungs: bool, 
         advance(len(chunk))
 
 
-def score_maps(measures: list[Measure], pairs: list[Pair], rows: dict[Path, dict], progress: Progress) -> None:
-    """Each map measure on the maps of inputs with a lesion mask, and the map energy in the lungs of all."""
+def score_maps(measures: list[Measure], pairs: list[Pair], rows: dict[Path, dict], progress: Progress,
+               map_name: str = "attribution") -> None:
+    """Each map measure on the maps of inputs with a lesion mask, the map energy in the lungs of all, and the
+    map-derived image-level scores of all."""
     from dva.core.io import read_mask
-    from dva.metrics.localisation import energy
+    from dva.evaluate.image_level import map_scores
+    from dva.metrics.localisation import binary_mask, energy
 
     advance = progress("localisation: maps vs lesions", len(pairs))
     for pair in pairs:
-        attribution = pair.image.attribution()
+        attribution = pair.image.attribution(map_name)
         size = pair.image.original_size
         region = read_mask(pair.sample.mask, size) if pair.sample.mask is not None else None
         row = rows[pair.image.folder]
         row["lung_energy"] = energy(attribution, region)
+        row.update(map_scores(attribution, None if region is None else binary_mask(region)))
         if pair.sample.lesion is not None:
             lesion = read_mask(pair.sample.lesion, size)
             for measure in measures:
@@ -356,7 +361,8 @@ def evaluate(dataset: LabelledDataset | None, runs: list[RunOutputs], settings: 
             "add <Class>/lesions/ masks (dva phantoms writes them) or leave localisation out of --metrics."
         )
     measures = build_measures(names, settings, catalogue, notes)
-    rows = {p.image.folder: {"input": str(p.sample.path), "class": p.sample.label, "output": str(p.image.folder)}
+    rows = {p.image.folder: {"input": str(p.sample.path), "class": p.sample.label, "output": str(p.image.folder),
+                             **({} if p.image.score is None else {"score": p.image.score})}
             for p in pairs}
     tables: list[Table] = []
     for measure in (m for m in measures if m.scope == "sets"):
@@ -366,17 +372,28 @@ def evaluate(dataset: LabelledDataset | None, runs: list[RunOutputs], settings: 
         score_pairs(pair_measures, pairs, settings.within_lungs, rows, progress)
         columns = {"ssim": "SSIM", "ms_ssim": "MS-SSIM", "ms_ssim_scales": "MS-SSIM scales"}
         present = {key: title for key, title in columns.items() if any(key in row for row in rows.values())}
-        others = {key: key for row in rows.values() for key in row if key not in {*columns, "input", "class", "output"}}
+        others = {key: key for row in rows.values() for key in row
+                  if key not in {*columns, "input", "class", "output", "score"}}
         where = "inside the lung masks" if settings.within_lungs else "whole image"
         tables.append(class_means_table("6.3", f"Table 6.3: input against counterfactual ({where})",
                                         {**present, **others}, pairs, rows, classes))
     map_measures = [m for m in measures if m.scope == "maps"]
     if map_measures:
-        score_maps(map_measures, pairs, rows, progress)
+        score_maps(map_measures, pairs, rows, progress, settings.map)
         columns = {name: name for m in map_measures for name in catalogue.get("metric", m.name).columns}
         tables.append(class_means_table("localisation", "Localisation of the maps against ground-truth lesions",
                                         columns, pairs, rows, classes))
         tables.append(null_test_table(pairs, rows, classes, healthy))
+    image_level = None
+    if healthy is not None and induced is None and (map_measures or any(p.image.score is not None for p in pairs)):
+        from dva.evaluate.image_level import image_level_table
+
+        methods = sorted({str(run.header["score_method"]) for run in runs if run.header.get("score_method")})
+        by_class = {label: [rows[p.image.folder] for p in pairs if p.sample.label == label] for label in classes}
+        table, image_level = image_level_table({k: v for k, v in by_class.items() if v}, healthy,
+                                               ", ".join(methods) or None)
+        if table.rows or table.notes:
+            tables.append(table)
     summary = {
         "dataset": None if dataset is None else {"root": str(dataset.root), "layout": dataset.layout,
                                                  "classes": dataset.classes()},
@@ -385,6 +402,8 @@ def evaluate(dataset: LabelledDataset | None, runs: list[RunOutputs], settings: 
         "healthy_class": healthy, "induced": induced, "mode": "induction" if induced else "counterfactual",
         "metrics": [m.name for m in measures], "metric_options": settings.metric_options,
         "within_lungs": settings.within_lungs, "evaluated_images": len(pairs),
+        **({} if settings.map == "attribution" else {"map": settings.map}),
+        **({} if image_level is None else {"image_level": image_level}),
     }
     return Evaluation(tables, list(rows.values()), notes, summary)
 

@@ -26,6 +26,7 @@ class GeneratedImage:
     padding: Padding
     prompt: str
     mask: Path | None = None
+    score: float | None = None  # the image-level score dva run wrote (a calibrated model), if any
 
     @property
     def counterfactual(self) -> Path:
@@ -41,15 +42,32 @@ class GeneratedImage:
     def model_counterfactual(self) -> Path:
         return self.folder / "counterfactual.png"
 
-    def attribution(self) -> np.ndarray:
-        """The signed map ``input - counterfactual`` at the input's original size."""
+    def attribution(self, name: str = "attribution") -> np.ndarray:
+        """The signed map ``input - counterfactual`` at the input's original size; ``name`` ``calibrated``: the
+        calibrated map a calibrated model writes beside it (tensor ``calibrated_fullsize``)."""
         from safetensors.numpy import load_file
 
         path = self.folder / "attribution.safetensors"
         try:
-            return load_file(str(path))["attribution_fullsize"]
+            maps = load_file(str(path))
         except Exception as error:  # safetensors raises its own error types on damaged files
             raise damaged_output(path, error) from error
+        if f"{name}_fullsize" not in maps:
+            if name == "attribution":
+                raise damaged_output(path, KeyError("attribution_fullsize"))
+            raise ConfigError(f"{path} has no {name} map (tensor {name}_fullsize); evaluate the raw maps, or rerun "
+                              f"with a model that writes one (dva calibrate).")
+        return maps[f"{name}_fullsize"]
+
+    def has_map(self, name: str) -> bool:
+        """Whether attribution.safetensors holds the map ``name`` (``attribution``, ``calibrated``)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.folder / "attribution.safetensors"), "numpy") as maps:
+                return f"{name}_fullsize" in maps.keys()
+        except Exception:  # unreadable: reading it later names the file
+            return False
 
 
 def damaged_output(path: Path, error: BaseException) -> ConfigError:
@@ -114,12 +132,20 @@ def read_run(folder: str | Path) -> RunOutputs:
             padding=Padding(**record["padding"]),
             prompt=prompt,
             mask=Path(record["mask"]) if record.get("mask") else None,
+            score=_score(record.get("score")),
         )
         for record in records
     ]
     if not images:
         raise ConfigError(f"{folder}: the run has no completed images; finish it with dva run first.")
     return RunOutputs(folder, header, images, failed=failed)
+
+
+def _score(value: Any) -> float | None:
+    """A record's image-level score: a finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if np.isfinite(value) else None
 
 
 def _completed_records(folder: Path, fingerprint: str) -> tuple[list[dict[str, Any]], int]:
