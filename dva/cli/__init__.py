@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "finetune": ("dva.cli.finetune", "finetune"),
     "evaluate": ("dva.cli.evaluate", "evaluate"),
     "compare": ("dva.cli.compare", "compare"),
+    "calibrate": ("dva.cli.calibrate", "calibrate"),
 }
 
 

@@ -13,8 +13,8 @@ from dva.core.io import atomic_write_text
 
 MAX_ROWS = 200
 THUMBNAIL = 256
-COLUMNS = ("input.png", "reconstruction.png", "counterfactual.png", "attribution.png", "overlay.png", "uncertainty.png",
-           "condition.png")
+COLUMNS = ("input.png", "reconstruction.png", "counterfactual.png", "attribution.png", "calibrated.png", "overlay.png",
+           "uncertainty.png", "condition.png")
 
 
 def _thumbnail(path: Path) -> str:
@@ -39,7 +39,9 @@ def write_report(out: Path, header: dict[str, Any], images: list[dict[str, Any]]
             for c in columns
         )
         notes = "".join(f'<div class="note">{html.escape(warning)}</div>' for warning in image.get("warnings", []))
-        rows.append(f"<tr><th>{html.escape(image['output'])}{notes}</th>{cells}</tr>")
+        score = (f'<div class="score">score {image["score"]:.3g}</div>'
+                 if isinstance(image.get("score"), (int, float)) else "")
+        rows.append(f"<tr><th>{html.escape(image['output'])}{score}{notes}</th>{cells}</tr>")
     failed = [i for i in images if i["status"] == "failed"]
     failures = "".join(f"<li>{html.escape(str(i.get('error')))}</li>" for i in failed)
     more = len([i for i in images if i["status"] in ("done", "skipped")]) - len(shown)
@@ -55,7 +57,7 @@ def write_report(out: Path, header: dict[str, Any], images: list[dict[str, Any]]
 body{{font-family:system-ui,sans-serif;margin:2em;background:#111;color:#eee}}
 table{{border-collapse:collapse}} td,th{{padding:4px;vertical-align:middle;text-align:center}}
 img{{width:{THUMBNAIL}px;image-rendering:auto;display:block}} pre{{background:#222;padding:1em}}
-.note{{color:#fb4;font-weight:bold}}
+.note{{color:#fb4;font-weight:bold}} .score{{color:#8cf;font-weight:normal}}
 .banner{{background:#a00;color:#fff;font-weight:bold;padding:1em;border:3px solid #f44}}
 </style></head><body>
 <h1>dva: healthy counterfactuals and attribution maps</h1>

@@ -155,6 +155,12 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             choices=REFERENCES), "--reference",
             doc="`input`: the map is `input - counterfactual`; `reconstruction`: `reconstruction - counterfactual`, "
             "against the prior's unconditional reconstruction from the same noise"),
+    Setting("calibration", Option(str, "auto", "Use the model folder's calibration (dva calibrate) when it was made "
+            "with this recipe (auto), refuse to run without one (require), or never (off).",
+            choices=("auto", "require", "off")), "--calibration",
+            doc="`auto`: with a calibration made with this recipe in the model folder (`dva calibrate`), write "
+            "`calibrated.png` and the image's `score` too; `require`: refuse to run without one; `off`: never (see "
+            "[usage.md](usage.md#calibrated-maps-and-scores))"),
     Setting("mask", Option(str, None, "Mask image, or a folder of masks matched to inputs by file stem."), "--mask",
             path="any", in_entry=False, in_recipe=False, unset="none: whole-image maps",
             doc="a mask image, or a folder of masks matched to inputs by file stem"),

@@ -51,6 +51,8 @@ class Ledger:
     def skipped(self, job: ImageJob) -> None:
         """An image whose outputs a run with this recipe already made."""
         job.status = "skipped"
+        score = (manifest.read_record(self.out / job.key) or {}).get("score")
+        job.score = score if isinstance(score, (int, float)) else None
         job.release()
         self.finished(job)
 

@@ -9,10 +9,11 @@ from typing import Any
 from dva.core import manifest, weights
 from dva.core.registry import Recipe
 
-# The parts of a model folder (or hub snapshot) whose files decide a run's outputs; the encoder's are its own.
-MODEL_PARTS = ("unet", "vae", "scheduler", "dva.json")
+# The parts of a model folder (or hub snapshot) whose files decide a run's outputs (a calibration too: dva calibrate);
+# the encoder's are its own.
+MODEL_PARTS = ("unet", "vae", "scheduler", "dva.json", "calibration")
 # Recipe keys at these defaults leave the fingerprints of runs made before the keys existed unchanged.
-NEW_KEY_DEFAULTS = (("samples", 1), ("reference", "input"), ("revision", None))
+NEW_KEY_DEFAULTS = (("samples", 1), ("reference", "input"), ("revision", None), ("calibration", "auto"))
 
 
 def describe_run(recipe: Recipe, runtime: Any, processes: int) -> dict[str, Any]:

@@ -43,6 +43,7 @@ class ImageJob:
     name: str = ""  # the image's name within its file ("" when the file is one image)
     samples: int = 1  # counterfactuals averaged into this image's outputs (--samples)
     warnings: list[str] = field(default_factory=list)  # what the user should know about this image's result
+    score: float | None = None  # the image-level abnormality score (a calibrated model's run only)
     group: InputGroup | None = field(default=None, repr=False)
 
     def release(self) -> None:
@@ -68,6 +69,8 @@ class ImageJob:
             found["samples"] = self.samples
         if self.warnings:
             found["warnings"] = list(self.warnings)
+        if self.score is not None:
+            found["score"] = self.score
         return found
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dva.core.calibration import Calibration, for_run
 from dva.core.errors import InputError
 from dva.core.io import InputWalk
 from dva.core.prefetch import prefetched
@@ -51,26 +52,39 @@ def run(
         runtime = assemble(recipe, catalogue)
         events.loaded(runtime)
         sampler = Sampler(runtime, recipe)
-        ledger = Ledger(plan, describe_run(recipe, runtime, plan.shard.count), events)
+        header = describe_run(recipe, runtime, plan.shard.count)
+        calibration = calibrated_header(header, recipe)
+        ledger = Ledger(plan, header, events)
         events.started(plan.total)
         for job in plan.failed:
             ledger.failed(job)
         reader = InputReader(out, plan.modality, recipe.modality_options, runtime.resolution, mask)
         default_threads = 0 if runtime.device.type == "cpu" else 2
-        make_images(plan, reader, sampler, ledger,
+        make_images(plan, reader, sampler, ledger, calibration,
                     default_threads if writer_threads is None else writer_threads,
                     default_threads if reader_threads is None else reader_threads)
         return finalize(ledger, plan.positions)
 
 
-def make_images(plan: Plan, reader: InputReader, sampler: Sampler, ledger: Ledger,
+def calibrated_header(header: dict[str, Any], recipe: Recipe) -> Calibration | None:
+    """The model folder's calibration when the run uses it (:func:`dva.core.calibration.for_run`); the header
+    says whether the run is calibrated and, when it is, how its scores are made (``score_method``)."""
+    calibration, status = for_run(header, getattr(recipe, "calibration", "auto") or "auto")
+    header["calibration"] = status
+    if calibration is not None:
+        header["score_method"] = status["score_method"]
+    return calibration
+
+
+def make_images(plan: Plan, reader: InputReader, sampler: Sampler, ledger: Ledger, calibration: Calibration | None,
                 writer_threads: int, reader_threads: int) -> None:
     """This process's inputs read ahead, sampled in batches and written in the background.
 
     An image already made with this recipe is skipped (resuming). On any error or interrupt the writes in
     flight finish and the manifest says what was done.
     """
-    writer = OutputWriter(plan.out, ledger.fingerprint, ledger.finished, workers=writer_threads)
+    writer = OutputWriter(plan.out, ledger.fingerprint, ledger.finished, workers=writer_threads,
+                          calibration=calibration)
     batch: list[ImageJob] = []
     completed = False
     ledger.save_manifest(force=True)

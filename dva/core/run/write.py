@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from dva.core import attribution, io, manifest, outputs
+from dva.core import calibration as calibration_module
+from dva.core.calibration import Calibration
 from dva.core.errors import ConfigError, InputError, machine_error
 from dva.core.run.jobs import Generated, ImageJob
 
@@ -34,13 +36,16 @@ class Maps:
     full_reference: np.ndarray | None
 
 
-def write_outputs(folder: Path, job: ImageJob, generated: Generated) -> dict[str, dict[str, Any]]:
+def write_outputs(folder: Path, job: ImageJob, generated: Generated,
+                  calibration: Calibration | None = None) -> dict[str, dict[str, Any]]:
     """Write every output of one image; returns each file's name (relative to ``folder``) with its checksum.
 
     With ``generated.uncertainty`` (``--samples`` above 1) the per-pixel standard deviation of the samples'
     maps is written as ``uncertainty.png`` (heatmap on the map's own scale, so the two compare by eye) and
     into the safetensors. With ``generated.reference`` (``--reference reconstruction``) the map is
     ``reconstruction - counterfactual`` and ``reconstruction.png`` is written beside the counterfactual.
+    With a ``calibration`` (:mod:`dva.core.calibration`) the calibrated map is written as ``calibrated.png`` and
+    into the safetensors, and ``job.score`` is set.
     """
     maps = attribution_maps(job, generated)
     files = image_files(job, generated, maps)
@@ -48,6 +53,11 @@ def write_outputs(folder: Path, job: ImageJob, generated: Generated) -> dict[str
     if spread:
         files["uncertainty.png"] = attribution.heatmap(spread["uncertainty"], maps.scale)
         files["fullsize/uncertainty.png"] = attribution.heatmap(spread["uncertainty_fullsize"], maps.scale)
+    if calibration is not None:
+        spread.update(calibrated_maps(job, maps, calibration))
+        files["calibrated.png"] = attribution.heatmap(spread["calibrated"], calibration_module.HEATMAP_SCALE)
+        files["fullsize/calibrated.png"] = attribution.heatmap(spread["calibrated_fullsize"],
+                                                               calibration_module.HEATMAP_SCALE)
     written: dict[str, dict[str, Any]] = {}
     for name, array in files.items():
         data = io.png_bytes(array)
@@ -93,6 +103,14 @@ def image_files(job: ImageJob, generated: Generated, maps: Maps) -> dict[str, np
     return files
 
 
+def calibrated_maps(job: ImageJob, maps: Maps, calibration: Calibration) -> dict[str, np.ndarray]:
+    """The calibrated map at the model's size and the input's own (zero outside the mask); sets ``job.score``."""
+    calibrated = calibration.calibrated(maps.signed, job.model_mask)
+    job.score = round(calibration_module.score(calibrated, job.model_mask), 6)
+    full = np.clip(io.to_original(calibrated, job.padding, job.original_size), 0.0, None)
+    return {"calibrated": calibrated, "calibrated_fullsize": _inside(full, job.mask)}
+
+
 def uncertainty_maps(job: ImageJob, uncertainty: np.ndarray) -> dict[str, np.ndarray]:
     """The samples' per-pixel spread at the model's size and the input's own, zero outside the mask."""
     full_spread = np.clip(io.to_original(uncertainty, job.padding, job.original_size), 0.0, None)
@@ -112,6 +130,8 @@ def tensor_file(job: ImageJob, generated: Generated, maps: Maps, spread: dict[st
     if reference is not None and uncertainty is not None:
         minuend = f"mean of {job.samples} unconditional reconstructions"
     metadata = {"definition": f"{minuend} - {counterfactuals} (grayscale, [0,1])", "heatmap_scale": f"{maps.scale:.6g}"}
+    if "calibrated" in spread:
+        metadata["calibrated"] = calibration_module.SCORE_METHOD.split("; ", 1)[1]
     if uncertainty is not None:
         metadata.update(
             samples=str(job.samples),
@@ -141,9 +161,10 @@ class OutputWriter:
 
     def __init__(
         self, out: Path, recipe_fingerprint: str, on_done: Callable[[ImageJob], None],
-        workers: int = 2, max_pending: int = 8,
+        workers: int = 2, max_pending: int = 8, calibration: Calibration | None = None,
     ) -> None:
         self.out = out
+        self.calibration = calibration
         self.fingerprint = recipe_fingerprint
         self.on_done = on_done
         self.max_pending = max_pending
@@ -176,7 +197,7 @@ class OutputWriter:
         previous = manifest.read_record(folder) or {}
         (folder / manifest.RECORD).unlink(missing_ok=True)
         outputs.remove_stale_temporaries(folder, self.out)
-        written = write_outputs(folder, job, generated)
+        written = write_outputs(folder, job, generated, self.calibration)
         outputs.remove_stale_outputs(folder, set(written), [str(name) for name in previous.get("files", [])])
         job.seconds += time.perf_counter() - started
         record = {**job.summary(), "status": "done", "fingerprint": self.fingerprint, "files": list(written),
