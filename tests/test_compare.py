@@ -157,3 +157,60 @@ def test_a_second_compare_into_the_same_folder_reuses_the_runs_and_gives_the_sam
     assert {p: p.stat().st_mtime_ns for p in made} == made, "no image was generated again"
     assert all(json.loads((out / "runs" / s / "manifest.json").read_text())["counts"] == {"skipped": 2}
                for s in ("s0.3", "s0.6"))
+
+
+def outcome(strength: float, error: str | None = None, **summary: float):
+    from dva.evaluate.compare import Combination, Outcome
+
+    return Outcome(Combination(strength=strength), Path(f"s{strength}"), error=error, images=2, summary=summary)
+
+
+def test_rank_by_orders_the_rows_best_first_and_marks_the_best():
+    from dva.evaluate.compare import comparison_table
+    from dva.evaluate.tables import to_markdown
+
+    outcomes = [outcome(0.3, auprc=0.2, null_ratio=0.9, image_auroc=0.6),
+                outcome(0.5, auprc=0.5, null_ratio=0.4, image_auroc=0.9),
+                outcome(0.7, error="it failed"),
+                outcome(0.9, auprc=0.4, null_ratio=0.6, image_auroc=0.7)]
+    unranked = comparison_table(outcomes)
+    assert [row[0] for row in unranked.rows] == [0.3, 0.5, 0.7, 0.9] and unranked.marked is None
+    table = comparison_table(outcomes, "auprc")
+    assert table.columns[:2] == ["rank", "strength"] and "image AUROC" in table.columns
+    assert [row[:2] for row in table.rows] == [[1, 0.5], [2, 0.9], [3, 0.3], ["-", 0.7]], "failed rows last"
+    assert table.marked == 0 and "ranked by AUPRC (higher is better)" in table.title
+    assert "| **1** | **0.5000** | **2** |" in to_markdown([table])
+    lower = comparison_table(outcomes, "null_ratio")
+    assert [row[1] for row in lower.rows] == [0.5, 0.9, 0.3, 0.7] and "lower is better" in lower.title
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--rank-by", "auprcc"], "--rank-by auprcc: no such measure; choose one of ssim, ms_ssim, fid,"),
+    (["--rank-by", "image_auroc"], "--rank-by image_auroc needs the labelled dataset"),
+])
+def test_an_unknown_or_unmeasurable_rank_by_is_refused_before_anything_runs(flags, message, tiny_radbert_model,
+                                                                          images, tmp_path, capsys):
+    out = tmp_path / "compare"
+    code = compare([str(images[0]), "--model", str(tiny_radbert_model), *flags, "--out", str(out)], capsys)
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and error.count(". ") == 0
+    assert not out.exists()
+
+
+def test_compare_ranks_by_image_auroc_on_a_phantom_set(tiny_radbert_model, phantoms, tmp_path, capsys):
+    out = tmp_path / "compare"
+    code = compare([str(phantoms / "Lung Opacity" / "images"), str(phantoms / "Normal" / "images"),
+                    "--model", str(tiny_radbert_model), "--strength", "0.3,0.6", "--steps", "2", "--real",
+                    str(phantoms), "--metrics", "localisation", "--rank-by", "image_auroc", "--out", str(out)], capsys)
+    assert code == 0, capsys.readouterr().err
+    document = json.loads((out / "comparison.json").read_text())
+    assert document["rank_by"] == "image_auroc"
+    combinations = document["combinations"]
+    assert all(0.0 <= c["summary"]["image_auroc"] <= 1.0 and c["image_score"] == "p99.5" for c in combinations)
+    assert sorted(c["rank"] for c in combinations) == [1, 2]
+    table = document["table"]
+    assert table["columns"][0] == "rank" and [row[0] for row in table["rows"]] == [1, 2]
+    column = table["columns"].index("image AUROC")
+    assert table["rows"][0][column] >= table["rows"][1][column]
+    assert "null energy ratio" in table["columns"]
+    assert "ranked by image AUROC" in capsys.readouterr().out

@@ -98,6 +98,9 @@ COMPARE_SETTINGS = (
     _axis("metrics", "--metrics", "Comma-separated metrics (default: what the data allow)."),
     _axis("fid_weights", "--fid-weights", "pytorch-fid Inception weights (state dict).", path="file"),
     _axis("healthy_class", "--healthy-class", "The dataset's healthy class (default: Normal, Healthy or No Finding)."),
+    _axis("rank_by", "--rank-by", "Order the table by this measure, best first, and mark the best row: ssim, "
+          "ms_ssim, fid, auroc, auprc, dice_otsu, best_dice, null_ratio, image_auroc (fid and null_ratio: lower is "
+          "better; all but ssim and ms_ssim need --real).", metavar="MEASURE"),
     command_flag("out", Option(str, "dva-compare", "Output folder."), "--out", path="folder", flag_default=True),
 )
 # dva compare's flags in --help's order: its own, and those of `dva run` that every combination shares (with
@@ -105,7 +108,7 @@ COMPARE_SETTINGS = (
 COMPARE_FLAGS = select((*RUN_SETTINGS, *COMPARE_SETTINGS), (
     "encoders", "encoder_option", "priors", "prior_option", "schedulers", "strengths", "guidance_scales", "entry",
     "registries", "model", "steps", "seed", "batch_size", "device", "dtype", "mask", "real", "metrics", "fid_weights",
-    "healthy_class", "strict", "out",
+    "healthy_class", "rank_by", "strict", "out",
 ), help={
     "entry": "Registry entry every combination starts from.",
     "steps": "Scheduler steps.",
@@ -121,7 +124,8 @@ COMPARE_FLAGS = select((*RUN_SETTINGS, *COMPARE_SETTINGS), (
 def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple[str, ...], priors: str | None,
             prior_option: tuple[str, ...], schedulers: str | None, strengths: str | None, guidance_scales: str | None,
             entry: str, registries: tuple[str, ...], mask: str | None, real: str | None, metrics: str | None,
-            fid_weights: str | None, healthy_class: str | None, strict: bool, out: str, **common: Any) -> int:
+            fid_weights: str | None, healthy_class: str | None, rank_by: str | None, strict: bool, out: str,
+            **common: Any) -> int:
     """Run and evaluate every combination on INPUTS; write comparison.{csv,md,json}, a contact sheet and plots.
 
     Rerun into the same --out, the completed runs are reused and the tables come out the same."""
@@ -136,12 +140,14 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     from dva.core.modality import walk_for_any_modality
     from dva.core.plugins import get_catalogue
     from dva.datasets.layouts import open_dataset
-    from dva.evaluate.compare import comparison_table, grid, resolve_all, run_all
+    from dva.evaluate.compare import (check_rank_by, comparison_table, grid, image_score_method, ranking,
+                                      resolve_all, run_all)
     from dva.evaluate.evaluation import Settings
     from dva.evaluate.figures import contact_sheet_html, contact_sheet_png, measures_html, plots
     from dva.evaluate.tables import to_csv, to_markdown, to_rich
 
     console = Console(stderr=True, soft_wrap=True)
+    check_rank_by(rank_by, real)
     catalogue = get_catalogue()
     strength_values = _numbers(strengths, "--strength")
     encoder_names, options = component_options(encoders, encoder_option, prior_option, strength_values)
@@ -177,14 +183,21 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     walked = walk_for_any_modality(list(inputs), catalogue, exclude=[target])  # once, for every combination
     outcomes = run_all(combinations, recipes, walked, target, catalogue, dataset, settings, mask=mask,
                        on_combination=announce, on_loaded=loaded)
-    table = comparison_table(outcomes)
+    table = comparison_table(outcomes, rank_by)
+    ranks = {index: position + 1 for position, index in enumerate(ranking(outcomes, rank_by))} if rank_by else {}
     atomic_write_text(target / "comparison.csv", to_csv([table]))
     atomic_write_text(target / "comparison.md", "# dva compare\n\n" + to_markdown([table]))
     document = {"versions": versions(), "entry": entry, "inputs": list(inputs), "real": real,
-                "table": table.as_dict(),
+                **({"rank_by": rank_by} if rank_by else {}), "table": table.as_dict(),
                 "combinations": [{**vars(o.combination), "run": str(o.run), "model": o.model, "encoder_used": o.encoder,
                                   "error": o.error, "images": o.images,
-                                  "seconds_per_image": None if math.isnan(o.seconds_per_image) else o.seconds_per_image, "summary": o.summary} for o in outcomes]}
+                                  "seconds_per_image": None if math.isnan(o.seconds_per_image) else o.seconds_per_image,
+                                  "summary": o.summary,
+                                  **({"image_score": image_score_method(o.evaluation)} if "image_auroc" in o.summary
+                                     else {}),
+                                  **({"rank": ranks[i] if rank_by in o.summary and o.error is None else None}
+                                     if rank_by else {})}
+                                 for i, o in enumerate(outcomes)]}
     atomic_write_text(target / "comparison.json", json.dumps(document, indent=1, default=str) + "\n")
     contact_sheet_png(outcomes, target / "contact_sheet.png")
     contact_sheet_html(outcomes, target / "contact_sheet.html", measures_html(outcomes))

@@ -29,7 +29,21 @@ from dva.evaluate.tables import Table
 SUMMARY_COLUMNS = {
     "ssim": "SSIM", "ms_ssim": "MS-SSIM", "fid": "FID", "auroc": "AUROC", "auprc": "AUPRC",
     "dice_otsu": "Dice (Otsu)", "best_dice": "best Dice", "null_ratio": "null energy ratio",
+    "image_auroc": "image AUROC",
 }
+LOWER_IS_BETTER = ("fid", "null_ratio")
+RANK_MEASURES = tuple(SUMMARY_COLUMNS)  # what --rank-by accepts
+NEEDS_REAL = ("fid", "auroc", "auprc", "dice_otsu", "best_dice", "null_ratio", "image_auroc")
+
+
+def check_rank_by(measure: str | None, real: str | None) -> None:
+    """``--rank-by``: a measure the comparison can make (those from lesions and classes need ``--real``)."""
+    if measure is None:
+        return
+    if measure not in RANK_MEASURES:
+        raise ConfigError(f"--rank-by {measure}: no such measure; choose one of {', '.join(RANK_MEASURES)}.")
+    if measure in NEEDS_REAL and real is None:
+        raise ConfigError(f"--rank-by {measure} needs the labelled dataset the inputs come from; give it with --real.")
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,16 @@ def summarise(evaluation: Evaluation) -> dict[str, float]:
     if null is not None and len(null.rows) > 1 and null.rows[0][2] > 0:
         others = [row[2] for row in null.rows[1:]]
         summary["null_ratio"] = float(null.rows[0][2] / np.mean(others))
+    image_level = evaluation.summary.get("image_level") or {}
+    preferred = image_level.get("methods", {}).get(image_level.get("preferred"), {})
+    if isinstance(preferred.get("auroc"), float) and not math.isnan(preferred["auroc"]):
+        summary["image_auroc"] = preferred["auroc"]  # healthy against the abnormal classes, by the preferred score
     return summary
+
+
+def image_score_method(evaluation: Evaluation | None) -> str | None:
+    """Which image-level score a comparison row's image AUROC comes from (``record``, ``p99.5``, ...)."""
+    return None if evaluation is None else (evaluation.summary.get("image_level") or {}).get("preferred")
 
 
 def resolve_all(combinations: list[Combination], entry: str, registries: Sequence[str], catalogue: Any,
@@ -200,20 +223,59 @@ def seconds_per_image(images: list[Any], elapsed: float) -> float:
     return float(np.mean(seconds)) if seconds else math.nan
 
 
-def comparison_table(outcomes: list[Outcome]) -> Table:
+def ranking(outcomes: list[Outcome], measure: str) -> list[int]:
+    """The outcomes' indices, best first by ``measure`` (lower first for FID and the null ratio); failed
+    combinations and those without the measure come last, in their own order."""
+    sign = 1.0 if measure in LOWER_IS_BETTER else -1.0
+
+    def key(index: int) -> tuple[int, float, int]:
+        outcome = outcomes[index]
+        value = outcome.summary.get(measure, math.nan)
+        if outcome.error is not None or not isinstance(value, (int, float)) or math.isnan(value):
+            return (1, 0.0, index)
+        return (0, sign * float(value), index)
+
+    return sorted(range(len(outcomes)), key=key)
+
+
+def comparison_table(outcomes: list[Outcome], rank_by: str | None = None) -> Table:
     """One row per combination: its values, images, s/image, the measures, the encoder weights it loaded
-    (name and location, and whether the model was trained with them), and its status."""
-    measured = [key for key in SUMMARY_COLUMNS if any(key in o.summary for o in outcomes)]
+    (name and location, and whether the model was trained with them), and its status.
+
+    With ``rank_by`` (a key of :data:`SUMMARY_COLUMNS`) the rows are ordered best first, a ``rank`` column
+    comes first, and the best row is marked."""
+    measured = [key for key in SUMMARY_COLUMNS if any(key in o.summary for o in outcomes) or key == rank_by]
     axes = [name for name in ("encoder", "prior", "scheduler", "strength", "guidance_scale")
             if len({getattr(o.combination, name) for o in outcomes}) > 1 or getattr(outcomes[0].combination, name)]
-    table = Table("comparison", "Comparison of combinations",
-                  [*axes, "images", "s/image", *(SUMMARY_COLUMNS[k] for k in measured),
+    order = list(range(len(outcomes))) if rank_by is None else ranking(outcomes, rank_by)
+    ranked = rank_by is not None
+    title = "Comparison of combinations"
+    if ranked:
+        better = "lower" if rank_by in LOWER_IS_BETTER else "higher"
+        title += f", ranked by {SUMMARY_COLUMNS[rank_by]} ({better} is better)"
+    table = Table("comparison", title,
+                  [*(["rank"] if ranked else []), *axes, "images", "s/image", *(SUMMARY_COLUMNS[k] for k in measured),
                    "encoder loaded", "encoder source", "trained pair", "status"])
-    for outcome in outcomes:
+    for position, index in enumerate(order):
+        outcome = outcomes[index]
         values = [getattr(outcome.combination, name) for name in axes]
         encoder = outcome.encoder or {}
         paired = {True: "yes", False: "NO"}.get(encoder.get("paired"), "")
-        table.rows.append([*values, outcome.images, outcome.seconds_per_image,
+        value = outcome.summary.get(rank_by, math.nan) if ranked else math.nan
+        has_value = ranked and outcome.error is None and not math.isnan(value)
+        rank = ([position + 1 if has_value else "-"]) if ranked else []
+        table.rows.append([*rank, *values, outcome.images, outcome.seconds_per_image,
                            *(outcome.summary.get(k, math.nan) for k in measured),
                            encoder.get("encoder", ""), encoder.get("source") or "", paired, outcome.error or "ok"])
+    if ranked:
+        best = outcomes[order[0]]
+        if table.rows[0][0] == 1:
+            table.marked = 0
+            table.notes.append(f"Best by {SUMMARY_COLUMNS[rank_by]}: {best.combination.label} "
+                               f"({best.summary[rank_by]:.4f}).")
+        else:
+            table.notes.append(f"No combination has {SUMMARY_COLUMNS[rank_by]}: nothing is ranked.")
+        methods = sorted({m for m in (image_score_method(o.evaluation) for o in outcomes) if m})
+        if rank_by == "image_auroc" and methods:
+            table.notes.append(f"image AUROC: healthy against the abnormal classes, by the {', '.join(methods)} score.")
     return table

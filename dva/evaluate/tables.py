@@ -18,6 +18,7 @@ class Table:
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    marked: int | None = None  # a row to mark (the best of a ranking): bold in Markdown and the terminal
 
     def as_dict(self) -> dict[str, Any]:
         return {"key": self.key, "title": self.title, "columns": self.columns,
@@ -45,10 +46,15 @@ def to_markdown(tables: list[Table]) -> str:
     for table in tables:
         lines = [f"## {table.title}", "", "| " + " | ".join(table.columns) + " |",
                  "|" + "|".join("---" for _ in table.columns) + "|"]
-        lines += ["| " + " | ".join(format_value(v) for v in row) + " |" for row in table.rows]
+        lines += ["| " + " | ".join(_marked(format_value(v), index == table.marked) for v in row) + " |"
+                  for index, row in enumerate(table.rows)]
         lines += [""] + [f"- {note}" for note in table.notes] + ([""] if table.notes else [])
         parts.append("\n".join(lines))
     return "\n".join(parts)
+
+
+def _marked(text: str, marked: bool) -> str:
+    return f"**{text}**" if marked and text else text
 
 
 def to_csv(tables: list[Table]) -> str:
@@ -80,6 +86,6 @@ def to_rich(table: Table) -> Any:
                       caption_justify="left")
     for column in table.columns:
         shown.add_column(column, justify="left" if column.lower().startswith("set") or column == "class" else "right")
-    for row in table.rows:
-        shown.add_row(*(format_value(v) for v in row))
+    for index, row in enumerate(table.rows):
+        shown.add_row(*(format_value(v) for v in row), style="bold green" if index == table.marked else None)
     return shown
