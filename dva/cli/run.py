@@ -15,7 +15,7 @@ from dva.core.settings import RUN_SETTINGS, select
 # The settings `dva run` takes as flags, in --help's order (see dva.core.settings.RUN_SETTINGS).
 RUN_FLAGS = (
     "entry", "registries", "model", "revision", "encoder", "encoder_path", "prior", "prior_options", "scheduler",
-    "modality", "bit_depth", "modality_options", "prompt", "negative_prompt", "steps", "strength", "guidance_scale",
+    "modality", "bit_depth", "modality_options", "prompt", "negative_prompt", "steps", "strength", "region", "guidance_scale",
     "seed", "batch_size", "samples", "reference", "calibration", "mask", "device", "compile", "channels_last",
     "vae_slicing", "dtype", "strict", "out", "num_processes",
 )

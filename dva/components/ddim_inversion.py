@@ -13,6 +13,11 @@ to the input (with guidance 1 and the same embedding, sampling reconstructs the 
 healthy prompt and guidance then change only what the prompt asks to change. The unconditional embedding
 is the one classifier-free guidance uses, the negative prompt's (empty unless ``--negative-prompt`` is
 set). ``inversion = "prompt"`` inverts with the healthy prompt instead.
+
+With a ``region`` option (a lung zone or a mask image: :mod:`dva.components.regions`), blended latent
+diffusion: after every denoising step the latents outside the region are reset to the inversion's own
+latents at that step (the input's latents at that noise level, deterministic), so the last step leaves the
+input's latents outside the region and only the region changes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dva.components.regions import Region, blend, latent_mask, request_lungs
 from dva.core.contracts import GenerateRequest, ModelParts
 
 INVERSION_EMBEDDINGS = ("unconditional", "prompt")
@@ -33,15 +39,17 @@ class DDIMInversionPrior:
     name = "ddim-inversion"
     deterministic = True  # the seed does not matter: dva run refuses --samples above 1 for it
 
-    def __init__(self, strength: float = 0.6, inversion: str = "unconditional") -> None:
+    def __init__(self, strength: float = 0.6, inversion: str = "unconditional", region: str = "") -> None:
         self.strength = strength
         self.inversion = inversion
+        self.region = Region(region)
         self.parts: ModelParts | None = None
         self.scheduler: Any = None
         self.inverse_scheduler: Any = None
         # The last inversion, reused when the same inputs come back (--reference reconstruction asks for a
-        # second, unconditional denoising of the very inputs just inverted): (inputs, embedding, steps, start).
-        self._last: tuple[torch.Tensor, torch.Tensor, int, torch.Tensor] | None = None
+        # second, unconditional denoising of the very inputs just inverted): (inputs, embedding, steps, start,
+        # the latents before each inversion step).
+        self._last: tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, list[torch.Tensor]] | None = None
 
     def load(self, parts: ModelParts) -> None:
         """DDIM and its inverse built from the model's scheduler config (whatever ``--scheduler`` says:
@@ -99,27 +107,37 @@ class DDIMInversionPrior:
         return uncond + guidance_scale * (text - uncond)
 
     @torch.no_grad()
-    def invert(self, latents: torch.Tensor, embeds: torch.Tensor, steps: int) -> torch.Tensor:
-        """DDIM-invert clean latents to the start time ``t0`` (guidance 1, one embedding ``(1, L, D)``)."""
+    def invert(self, latents: torch.Tensor, embeds: torch.Tensor, steps: int,
+               trajectory: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """DDIM-invert clean latents to the start time ``t0`` (guidance 1, one embedding ``(1, L, D)``);
+        ``trajectory``, if given, receives the latents before each step (the clean ones first)."""
         scheduler, device = self.inverse_scheduler, self.parts.device
         scheduler.set_timesteps(steps, device=device)
         latents = latents.to(device)
         embeds = embeds.to(device).expand(latents.shape[0], -1, -1)
         for t in scheduler.timesteps[: self.steps_run(steps)]:
+            if trajectory is not None:
+                trajectory.append(latents)
             latents = scheduler.step(self._noise(latents, t, embeds, None, 1.0), t, latents).prev_sample
         return latents
 
     @torch.no_grad()
     def denoise(self, latents: torch.Tensor, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor,
-                steps: int, guidance_scale: float) -> torch.Tensor:
-        """DDIM (eta 0) from ``t0`` back to clean latents, with classifier-free guidance above 1."""
+                steps: int, guidance_scale: float, keep: tuple[list[torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """DDIM (eta 0) from ``t0`` back to clean latents, with classifier-free guidance above 1; ``keep``
+        (an inversion's trajectory and a latent mask) resets the latents outside the mask to the trajectory's
+        after every step."""
         scheduler, device = self.scheduler, self.parts.device
         scheduler.set_timesteps(steps, device=device)
         batch = latents.shape[0]
         embeds = prompt_embeds.to(device).expand(batch, -1, -1)
         negative = negative_embeds.to(device).expand(batch, -1, -1) if guidance_scale > 1 else None
-        for t in scheduler.timesteps[steps - self.steps_run(steps):]:
+        for index, t in enumerate(scheduler.timesteps[steps - self.steps_run(steps):]):
             latents = scheduler.step(self._noise(latents, t, embeds, negative, guidance_scale), t, latents).prev_sample
+            if keep is not None:
+                trajectory, mask = keep
+                latents = blend(latents, trajectory[len(trajectory) - 1 - index], mask)
         return latents
 
     @torch.no_grad()
@@ -127,8 +145,12 @@ class DDIMInversionPrior:
         """Counterfactuals ``(B, 3, H, W)`` in [0, 1]; the request's generators are unused (nothing is drawn)."""
         r = request
         inversion_embeds = r.negative_embeds if self.inversion == "unconditional" else r.prompt_embeds
-        return self.decode(self.denoise(self.start(r.images, inversion_embeds, r.steps), r.prompt_embeds,
-                                        r.negative_embeds, r.steps, r.guidance_scale))
+        start = self.start(r.images, inversion_embeds, r.steps)
+        keep = None
+        if self.region:
+            pixels = self.region.pixels(request_lungs(r), r.images.shape[0], tuple(r.images.shape[-2:]))
+            keep = (self._last[4], latent_mask(pixels, tuple(start.shape[-2:])).to(start.device))
+        return self.decode(self.denoise(start, r.prompt_embeds, r.negative_embeds, r.steps, r.guidance_scale, keep))
 
     def start(self, images: torch.Tensor, inversion_embeds: torch.Tensor, steps: int) -> torch.Tensor:
         """The inverted latents of ``images``; the previous call's when it inverted the same inputs the same way."""
@@ -136,6 +158,7 @@ class DDIMInversionPrior:
         if (last is not None and last[2] == steps and last[0].shape == images.shape and torch.equal(last[0], images)
                 and last[1].shape == inversion_embeds.shape and torch.equal(last[1], inversion_embeds)):
             return last[3]
-        start = self.invert(self.encode(images), inversion_embeds, steps)
-        self._last = (images.clone(), inversion_embeds.clone(), steps, start)
+        trajectory: list[torch.Tensor] = []
+        start = self.invert(self.encode(images), inversion_embeds, steps, trajectory)
+        self._last = (images.clone(), inversion_embeds.clone(), steps, start, trajectory)
         return start

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dva.components.regions import Region, blend, latent_mask, request_lungs
 from dva.core.contracts import GenerateRequest, ModelParts
 from dva.core.errors import ConfigError
 
@@ -31,12 +32,18 @@ def _pipeline_kwargs(parts: ModelParts) -> dict[str, Any]:
 
 
 class SDEditPrior:
-    """SDEdit (img2img): noise the input latent to ``strength * T`` and denoise with the prompt."""
+    """SDEdit (img2img): noise the input latent to ``strength * T`` and denoise with the prompt.
+
+    With a ``region`` (a lung zone or a mask image: :mod:`dva.components.regions`), blended latent diffusion:
+    after every step the latents outside the region are reset to the input's latents (the VAE posterior's
+    mode) noised to the next step's time, as diffusers' inpainting pipeline does, so only the region changes.
+    """
 
     name = "sdedit"
 
-    def __init__(self, strength: float = 0.85) -> None:
+    def __init__(self, strength: float = 0.85, region: str = "") -> None:
         self.strength = strength
+        self.region = Region(region)
         self.pipeline: Any = None
 
     def load(self, parts: ModelParts) -> None:
@@ -60,9 +67,33 @@ class SDEditPrior:
         return {}
 
     @torch.no_grad()
+    def _blending(self, request: GenerateRequest) -> dict[str, Any]:
+        """The pipeline's ``callback_on_step_end`` that keeps everything outside the region the input's."""
+        pipeline, images = self.pipeline, request.images
+        vae, device = pipeline.vae, pipeline._execution_device
+        pixels = self.region.pixels(request_lungs(request), images.shape[0], tuple(images.shape[-2:]))
+        clean = vae.encode((2 * images - 1).to(device, vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+        mask = latent_mask(pixels, tuple(clean.shape[-2:])).to(device)
+        # One noise per image from a copy of its generator: an image's result does not depend on its batch.
+        noise = torch.stack([torch.randn(clean.shape[1:], generator=torch.Generator("cpu").manual_seed(g.initial_seed()))
+                             for g in request.generators]).to(device, clean.dtype)
+        pipeline.scheduler.set_timesteps(request.steps, device=device)
+        timesteps, _ = pipeline.get_timesteps(request.steps, self.strength, device)
+
+        def keep_outside(pipe: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            if i + 1 < len(timesteps):
+                background = pipe.scheduler.add_noise(clean, noise, timesteps[i + 1 : i + 2])
+            else:
+                background = clean
+            return {"latents": blend(tensors["latents"], background, mask)}
+
+        return {"callback_on_step_end": keep_outside, "callback_on_step_end_tensor_inputs": ["latents"]}
+
+    @torch.no_grad()
     def generate(self, request: GenerateRequest) -> torch.Tensor:
         """Counterfactuals ``(B, 3, H, W)`` in [0, 1] for the request's inputs ``(B, 3, H, W)`` in [0, 1]."""
         batch = request.images.shape[0]
+        blending = self._blending(request) if self.region else {}
         result = self.pipeline(
             image=request.images,
             prompt_embeds=request.prompt_embeds.expand(batch, -1, -1),
@@ -73,6 +104,7 @@ class SDEditPrior:
             generator=request.generators,
             output_type="pt",
             **self._call_kwargs(request.condition),
+            **blending,
         )
         return result.images.float().cpu()
 
@@ -89,8 +121,9 @@ class ControlNetCannyPrior(SDEditPrior):
         low_threshold: int = 100,
         high_threshold: int = 200,
         conditioning_scale: float = 1.0,
+        region: str = "",
     ) -> None:
-        super().__init__(strength)
+        super().__init__(strength, region)
         if low_threshold > high_threshold:
             raise ConfigError(
                 f"Canny low_threshold ({low_threshold}) is above high_threshold ({high_threshold}); swap them."

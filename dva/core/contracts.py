@@ -40,7 +40,9 @@ class GenerateRequest:
     """One batch for a prior's ``generate``: inputs ``(B, 3, H, W)`` in [0, 1], the prompt's and the
     negative prompt's embeddings ``(1, tokens, width)``, one CPU generator per input (so an image's
     counterfactual does not depend on its batch), the sampler's steps and guidance scale, and the
-    prior's own condition images ``(B, 3, H, W)`` (from its ``condition``; None when it has none)."""
+    prior's own condition images ``(B, 3, H, W)`` (from its ``condition``; None when it has none), and
+    the inputs' lung masks ``(B, H, W)`` in {0, 1} from ``--mask`` (None without; a prior's ``region``
+    option cuts lung zones from them)."""
 
     images: torch.Tensor
     prompt_embeds: torch.Tensor
@@ -49,6 +51,7 @@ class GenerateRequest:
     steps: int
     guidance_scale: float
     condition: torch.Tensor | None = None
+    lungs: torch.Tensor | None = None
 
 
 # -- data a modality exchanges ------------------------------------------------------------------------

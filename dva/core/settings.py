@@ -121,7 +121,7 @@ RUN_SETTINGS: tuple[Setting, ...] = (
     Setting("prior", Option(str, "sdedit", "Image prior (sdedit, controlnet-canny, ...)."), "--prior", component=True,
             doc="`sdedit`: `strength`; `controlnet-canny`: `strength`, `controlnet`, `low_threshold`, "
             "`high_threshold`, `conditioning_scale`; `ddim-inversion`: `strength` (default 0.6), `inversion` "
-            "(`unconditional` or `prompt`); or a plugin's (see [usage.md](usage.md#priors-which-one-when))"),
+            "(`unconditional` or `prompt`); all three: `region`; or a plugin's (see [usage.md](usage.md#priors-which-one-when))"),
     Setting("prior_options", Option(dict, None, "A prior option, repeatable."), "--prior-option", in_entry=False,
             in_recipe=False, target="prior", metavar="KEY=VALUE", example="low_threshold=50",
             doc="a prior option, e.g. `controlnet=/models/sd-controlnet-canny`, `low_threshold=50`"),
@@ -129,6 +129,12 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             in_entry=False, in_recipe=False, target="prior.strength", unset="the prior's",
             doc="the prior's start time as a fraction of the schedule, in [0, 1] (SDEdit's t0/T): its `strength` "
             "option"),
+    Setting("region", Option(str, None, "Induce only inside this region: a lung zone ('left upper', cut from --mask) "
+            "or a mask image at the model's size (blended latent diffusion)."), "--region", in_entry=False,
+            in_recipe=False, target="prior.region", unset="the whole image",
+            doc="only this region may change (blended latent diffusion): a lung zone (`left-upper`, cut from the "
+            "`--mask` lung mask) or a mask image at the model's size: the prior's `region` option (see "
+            "[usage.md](usage.md#located-induction-with---region))"),
     Setting("scheduler", Option(str, None, "Scheduler (pndm, ddim, dpm-solver++, euler, unipc); default: the model's "
             "own."), "--scheduler", component=True, unset="the model's own",
             doc="`pndm`, `ddim`, `dpm-solver++`, `euler`, `unipc`, or a plugin's"),

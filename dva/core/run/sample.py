@@ -35,6 +35,7 @@ class Sampler:
         self.samples = recipe.samples
         # A call holds batch_size // K images (at least one), so it holds about batch_size entries.
         self.images_per_call = max(1, recipe.batch_size // self.samples)
+        self._lungs: torch.Tensor | None = None  # the current batch's lung masks, for a prior's region option
 
     def sample(self, batch: list[ImageJob]) -> list[Generated | None]:
         """What the prior made for each image of ``batch``; None (and the job failed) where it made non-finite
@@ -43,6 +44,7 @@ class Sampler:
         gray = np.stack([job.model_image for job in batch])
         conditions = self.prior.condition(gray)
         images, condition = self._entries(gray), None if conditions is None else self._entries(conditions)
+        self._lungs = self._lung_entries(batch)
         counterfactuals = self._generate(images, self.positive, self.recipe.guidance_scale, condition, len(batch))
         references = None
         if self.recipe.reference == "reconstruction":
@@ -61,6 +63,15 @@ class Sampler:
 
         return torch.from_numpy(gray)[:, None].repeat_interleave(self.samples, 0).repeat(1, 3, 1, 1)
 
+    def _lung_entries(self, batch: list[ImageJob]) -> torch.Tensor | None:
+        """The batch's lung masks (``--mask``) as ``(B * K, H, W)`` in {0, 1}, or None unless every image has one."""
+        import torch
+
+        if any(job.model_mask is None for job in batch):
+            return None
+        masks = torch.from_numpy(np.stack([job.model_mask for job in batch]).astype(np.float32))
+        return masks.repeat_interleave(self.samples, 0)
+
     def _generate(self, images: torch.Tensor, prompt: torch.Tensor, guidance_scale: float,
                   condition: torch.Tensor | None, count: int) -> np.ndarray:
         """One prior call over the batch's entries; ``(B * K, H, W, 3)`` in [0, 1]."""
@@ -69,7 +80,7 @@ class Sampler:
         generators = [torch.Generator("cpu").manual_seed(self.recipe.seed + k)
                       for _ in range(count) for k in range(self.samples)]
         request = GenerateRequest(images, prompt, self.negative, generators, self.recipe.steps, guidance_scale,
-                                  condition)
+                                  condition, self._lungs)
         return self.prior.generate(request).permute(0, 2, 3, 1).numpy()
 
     def _one(self, index: int, job: ImageJob, counterfactuals: np.ndarray, references: np.ndarray | None,
