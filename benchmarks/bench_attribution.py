@@ -2,11 +2,15 @@
 
 The thesis judged its maps and its induced diseases by eye. Phantoms carry ground-truth lesion masks and
 lung zones, so this script measures both, per prior and setting, on phantoms made with a seed never used
-in training (the tiny model's recipe uses seed 7; this uses 90210):
+in training (the tiny model's recipe uses seed 7; this uses 90210, or ``--seed``):
 
 - maps of Lung Opacity phantoms against their lesion masks: pixel AUROC, AUPRC, Dice at Otsu, best Dice
   (inside the lungs; ``dva.metrics.localisation``);
 - the null test: map energy in the lungs of Normal phantoms relative to Lung Opacity phantoms;
+- image-level AUROC, Normal against Lung Opacity, of a score per image: the map's energy (mean |map| in
+  the lungs) and its 99.5th percentile in the lungs, and the score ``dva run`` wrote when the model is
+  calibrated; with a calibrated model each setting gets a second row, the calibrated map's
+  (``calibrated_fullsize`` in attribution.safetensors);
 - SSIM between input and counterfactual outside the lesion (the model should leave the rest alone);
 - seconds per image;
 - induction on Normal phantoms: "lung opacity in the <zone> zone" for each of the six zones, the fraction
@@ -16,6 +20,7 @@ in training (the tiny model's recipe uses seed 7; this uses 90210):
     .venv/bin/python benchmarks/bench_attribution.py                 # the default model (dva run's)
     .venv/bin/python benchmarks/bench_attribution.py --model FOLDER  # any dva or diffusers model folder
     .venv/bin/python benchmarks/bench_attribution.py --quick         # smoke run: 2 phantoms, 4 steps
+    .venv/bin/python benchmarks/bench_attribution.py --seed 31337    # another unseen phantom set
 """
 
 from __future__ import annotations
@@ -74,8 +79,31 @@ def dva_run(recipe: Any, inputs: list[Path], out: Path, catalogue: Any, masks: P
     return (time.perf_counter() - started) / max(len(inputs), 1)
 
 
-def attribution_row(label: str, overrides: dict, data: Path, work: Path, base: dict, catalogue: Any) -> dict:
-    """One setting: maps of Lung Opacity against lesions, the null test on Normal, SSIM outside lesions."""
+def mean(rows: list[dict], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key) is not None and not math.isnan(float(r[key]))]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def map_measures(evaluation: Any) -> dict:
+    """The maps' measures from one evaluation: localisation on Lung Opacity, the null ratio, image-level AUROC."""
+    opacity = [r for r in evaluation.per_image if r["class"] == "Lung Opacity"]
+    normal = [r for r in evaluation.per_image if r["class"] == "Normal"]
+    abnormal_energy = mean(opacity, "lung_energy")
+    methods = (evaluation.summary.get("image_level") or {}).get("methods", {})
+    image_level = {f"image_auroc_{'score' if name == 'record' else name}": found["auroc"]
+                   for name, found in methods.items()}
+    return {
+        "images": len(opacity) + len(normal),
+        "auroc": mean(opacity, "auroc"), "auprc": mean(opacity, "auprc"),
+        "dice_otsu": mean(opacity, "dice_otsu"), "best_dice": mean(opacity, "best_dice"),
+        "null_ratio": mean(normal, "lung_energy") / abnormal_energy if abnormal_energy > 0 else float("nan"),
+        **image_level,
+    }
+
+
+def attribution_row(label: str, overrides: dict, data: Path, work: Path, base: dict, catalogue: Any) -> list[dict]:
+    """One setting: maps of Lung Opacity against lesions, the null test on Normal, image-level AUROC, SSIM
+    outside lesions; a second row for the calibrated maps when the model is calibrated."""
     from dva.core.registry import load_entries, resolve
     from dva.datasets.layouts import open_dataset
     from dva.evaluate.evaluation import Settings, evaluate
@@ -91,28 +119,19 @@ def attribution_row(label: str, overrides: dict, data: Path, work: Path, base: d
         seconds.append(dva_run(recipe, sorted((data / phantom_class / "images").glob("*.png")), out, catalogue,
                                masks=data / phantom_class / "masks"))
         runs.append(read_run(out))
-    evaluation = evaluate(open_dataset(data), runs, Settings(["localisation"]), catalogue)
-    rows = {(r["class"], Path(r["input"]).stem): r for r in evaluation.per_image}
-    opacity = [r for (label_, _), r in rows.items() if label_ == "Lung Opacity"]
-    normal = [r for (label_, _), r in rows.items() if label_ == "Normal"]
+    dataset = open_dataset(data)
     outside = []
     for image in runs[0].images:
         lesion = mask(data / "Lung Opacity" / "lesions" / f"{image.input.stem}.png")
         scores = similarity(gray(image.model_input), gray(image.model_counterfactual), mask=~lesion)
         outside.append(scores.ssim)
-
-    def mean(rows_: list[dict], key: str) -> float:
-        values = [float(r[key]) for r in rows_ if r.get(key) is not None and not math.isnan(float(r[key]))]
-        return float(np.mean(values)) if values else float("nan")
-
-    abnormal_energy = mean(opacity, "lung_energy")
-    return {
-        "setting": label, "images": len(opacity) + len(normal),
-        "auroc": mean(opacity, "auroc"), "auprc": mean(opacity, "auprc"),
-        "dice_otsu": mean(opacity, "dice_otsu"), "best_dice": mean(opacity, "best_dice"),
-        "null_ratio": mean(normal, "lung_energy") / abnormal_energy if abnormal_energy > 0 else float("nan"),
-        "ssim_outside_lesion": float(np.mean(outside)), "seconds_per_image": float(np.mean(seconds)),
-    }
+    common = {"ssim_outside_lesion": float(np.mean(outside)), "seconds_per_image": float(np.mean(seconds))}
+    rows = [{"setting": label, **map_measures(evaluate(dataset, runs, Settings(["localisation"]), catalogue)),
+             **common}]
+    if all(image.has_map("calibrated") for run in runs for image in run.images):
+        calibrated = evaluate(dataset, runs, Settings(["localisation"], map="calibrated"), catalogue)
+        rows.append({"setting": f"{label}, calibrated", **map_measures(calibrated), **common})
+    return rows
 
 
 def segmented_lungs(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -149,6 +168,7 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
     normals = sorted((data / "Normal" / "images").glob("*.png"))
     zones: dict[str, float] = {}
     zones_vs_reconstruction: dict[str, float] = {}
+    zones_blended: dict[str, float] = {}
     for index, zone in enumerate(ZONES):
         prompt = f"lung opacity in the {zone} zone"
         recipe = resolve(load_entries(), catalogue, "default",
@@ -165,6 +185,15 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
                 zone_hit(counterfactual - gray(out / path.stem / "reconstruction.png"), lungs, index))
         zones[zone] = float(np.mean(hits))
         zones_vs_reconstruction[zone] = float(np.mean(hits_vs_reconstruction))
+        # Blended: the same prompt with --region <zone> (cut from each phantom's lung mask), so only the zone may change.
+        recipe = resolve(load_entries(), catalogue, "default",
+                         {**base, "prior": "sdedit", "strength": INDUCTION_STRENGTH, "prompt": prompt,
+                          "prior_options": {"region": zone}})
+        out = work / "induction-blended" / zone.replace(" ", "-")
+        dva_run(recipe, normals, out, catalogue, masks=data / "Normal" / "masks")
+        zones_blended[zone] = float(np.mean([
+            zone_hit(gray(out / path.stem / "counterfactual.png") - gray(out / path.stem / "input.png"),
+                     mask(data / "Normal" / "masks" / path.name), index) for path in normals]))
 
     def ctr_changes(prompt: str) -> np.ndarray:
         """Cardiothoracic ratio after minus before, per Normal phantom, for sdedit with ``prompt``."""
@@ -189,6 +218,7 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
         "zones": zones, "zone_hit_rate": float(np.mean(list(zones.values()))),
         "zones_vs_reconstruction": zones_vs_reconstruction,
         "zone_hit_rate_vs_reconstruction": float(np.mean(list(zones_vs_reconstruction.values()))),
+        "zones_blended": zones_blended, "zone_hit_rate_blended": float(np.mean(list(zones_blended.values()))),
         "cardiomegaly_grown": float(np.mean(induced >= CTR_GROWTH)) if induced.size else float("nan"),
         "cardiomegaly_mean_ctr_change": float(induced.mean()) if induced.size else float("nan"),
         "control_grown": float(np.mean(control >= CTR_GROWTH)) if control.size else float("nan"),
@@ -197,22 +227,35 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
     }
 
 
+IMAGE_COLUMNS = (("image_auroc_energy", "image AUROC (energy)"), ("image_auroc_p99.5", "image AUROC (p99.5)"),
+                 ("image_auroc_score", "image AUROC (score)"))
+
+
 def print_report(rows: list[dict], induction: dict | None, settings: dict) -> None:
-    print(f"\nmodel: {settings['model']}; {settings['n']} phantoms per class at {settings['size']} px, seed {TEST_SEED}; "
-          f"{settings['steps']} steps, guidance {settings['guidance_scale']}\n")
-    print("| setting | AUROC | AUPRC | Dice (Otsu) | best Dice | null energy ratio | SSIM outside lesion | s/image |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\nmodel: {settings['model']}; {settings['n']} phantoms per class at {settings['size']} px, seed "
+          f"{settings['seed']}; {settings['steps']} steps, guidance {settings['guidance_scale']}\n")
+    image = [(key, title) for key, title in IMAGE_COLUMNS if any(key in r for r in rows)]
+    print("| setting | AUROC | AUPRC | Dice (Otsu) | best Dice | null energy ratio | "
+          + "".join(f"{title} | " for _, title in image) + "SSIM outside lesion | s/image |")
+    print("|---|" + "---:|" * (7 + len(image)))
     for r in rows:
         print(f"| {r['setting']} | {r['auroc']:.3f} | {r['auprc']:.3f} | {r['dice_otsu']:.3f} | {r['best_dice']:.3f} | "
-              f"{r['null_ratio']:.3f} | {r['ssim_outside_lesion']:.3f} | {r['seconds_per_image']:.2f} |")
+              f"{r['null_ratio']:.3f} | " + "".join(f"{r.get(key, float('nan')):.3f} | " for key, _ in image)
+              + f"{r['ssim_outside_lesion']:.3f} | {r['seconds_per_image']:.2f} |")
+    if image:
+        print("\nImage-level AUROC: Normal against Lung Opacity phantoms, by a score per image (energy: mean |map| in "
+              "the lungs; p99.5: its 99.5th percentile there; score: the one dva run wrote with the calibrated model).")
     if induction is None:
         return
     print(f"\ninduction on {induction['images']} Normal phantoms (sdedit {INDUCTION_STRENGTH}):")
-    print("| prompt zone | centroid of counterfactual - input in the zone | of counterfactual - reconstruction |")
-    print("|---|---:|---:|")
+    print("| prompt zone | centroid of counterfactual - input in the zone | of counterfactual - reconstruction | "
+          "blended (--region <zone>): counterfactual - input |")
+    print("|---|---:|---:|---:|")
     for zone, rate in induction["zones"].items():
-        print(f"| {zone} | {rate:.0%} | {induction['zones_vs_reconstruction'][zone]:.0%} |")
-    print(f"| all zones | {induction['zone_hit_rate']:.0%} | {induction['zone_hit_rate_vs_reconstruction']:.0%} |")
+        print(f"| {zone} | {rate:.0%} | {induction['zones_vs_reconstruction'][zone]:.0%} | "
+              f"{induction['zones_blended'][zone]:.0%} |")
+    print(f"| all zones | {induction['zone_hit_rate']:.0%} | {induction['zone_hit_rate_vs_reconstruction']:.0%} | "
+          f"{induction['zone_hit_rate_blended']:.0%} |")
     print(f"\n\"cardiomegaly\" (sdedit {CARDIOMEGALY_STRENGTH}): cardiothoracic ratio grew by >= {CTR_GROWTH} in "
           f"{induction['cardiomegaly_grown']:.0%} of {induction['cardiomegaly_measured']} measurable phantoms "
           f"(mean change {induction['cardiomegaly_mean_ctr_change']:+.3f}); control with the healthy prompt: "
@@ -225,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, help="phantoms per class (default 20; --quick 2)")
     parser.add_argument("--steps", type=int, help="scheduler steps (default 50; --quick 4)")
     parser.add_argument("--guidance-scale", type=float, default=4.0, help="classifier-free guidance (default 4)")
+    parser.add_argument("--seed", type=int, default=TEST_SEED,
+                        help=f"seed of the phantom test set (default {TEST_SEED}; use seeds no training or tuning used)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 phantoms per class, 4 steps")
     parser.add_argument("--induction-only", action="store_true", help="skip the maps; measure induction only")
     parser.add_argument("--maps-only", action="store_true", help="skip induction; measure the maps only")
@@ -248,15 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     recipe = resolve(load_entries(), catalogue, "default", base)
     unet, vae, _ = load_diffusion_parts(inspect_model(recipe.model), pick_device("cpu"), torch.float32)
     size = model_resolution(unet, vae)
-    settings = {"model": recipe.model or "the bundled tiny model (dva/models/tiny-phantom)", "n": n, "size": size, "steps": steps, "guidance_scale": args.guidance_scale}
+    settings = {"model": recipe.model or "the bundled tiny model (dva/models/tiny-phantom)", "n": n, "size": size, "steps": steps, "guidance_scale": args.guidance_scale,
+                "seed": args.seed}
     load_before = load_average()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        data = make_phantoms(work / "phantoms", n, size, seed=TEST_SEED)
+        data = make_phantoms(work / "phantoms", n, size, seed=args.seed)
         rows = [] if args.induction_only else [
-            attribution_row(label, overrides, data, work, base, catalogue) for label, overrides in SETTINGS
-            if args.only is None or args.only in label]
+            row for label, overrides in SETTINGS if args.only is None or args.only in label
+            for row in attribution_row(label, overrides, data, work, base, catalogue)]
         induction = None if args.maps_only else induction_rows(data, work, base, catalogue)
     print_report(rows, induction, settings)
     elapsed = time.perf_counter() - started

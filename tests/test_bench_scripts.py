@@ -65,14 +65,18 @@ def test_bench_fid_compares_extraction_with_pytorch_fid_and_a_cached_evaluation(
 
 
 def test_bench_attribution_quick_measures_maps_and_induction_on_fresh_phantoms(tiny_radbert_model, tmp_path):
-    out = run_script("bench_attribution.py", "--quick", "--model", str(tiny_radbert_model), "--json",
-                     str(tmp_path / "attribution.json"))
+    out = run_script("bench_attribution.py", "--quick", "--seed", "31337", "--model", str(tiny_radbert_model),
+                     "--json", str(tmp_path / "attribution.json"))
     assert "| sdedit 0.55, K = 4 |" in out and "| ddim-inversion 0.6 |" in out and "| all zones |" in out
+    assert "seed 31337" in out and "image AUROC (energy) | image AUROC (p99.5) |" in out
     payload = json.loads((tmp_path / "attribution.json").read_text())
     assert [row["setting"] for row in payload["attribution"]] == [
         "sdedit 0.55", "sdedit 0.85", "ddim-inversion 0.6", "sdedit 0.55, K = 4", "sdedit 0.55 vs reconstruction",
         "sdedit 0.55, K = 4 vs reconstruction", "ddim-inversion 0.6 vs reconstruction"]
     assert all(0.0 <= row["auroc"] <= 1.0 and row["seconds_per_image"] > 0 for row in payload["attribution"])
+    assert payload["settings"]["seed"] == 31337
+    assert all(0.0 <= row["image_auroc_energy"] <= 1.0 and 0.0 <= row["image_auroc_p99.5"] <= 1.0
+               for row in payload["attribution"]), "the uncalibrated model: map-derived image-level scores only"
     assert set(payload["induction"]["zones"]) == {"right upper", "right middle", "right lower", "left upper",
                                                   "left middle", "left lower"}
     assert set(payload["induction"]["zones_vs_reconstruction"]) == set(payload["induction"]["zones"])
