@@ -6,7 +6,9 @@
 3. :func:`dva.tinymodel.base.make_base_folder` writes the base folder (seeded random UNet, MiniLM reference);
 4. ``dva finetune --entry tiny-phantom`` trains the UNet and the projection (the recipe lives in registry.toml);
 5. :func:`pack` copies the result into the package (fp16 UNet, safetensors only) with the recipe in dva.json;
-6. :func:`measure` scores its healthy counterfactuals against the lesion masks of unseen phantoms (in dva.json).
+6. :func:`measure` scores its healthy counterfactuals against the lesion masks of unseen phantoms (in dva.json);
+7. :func:`calibrate` runs ``dva calibrate --entry tiny-phantom`` on the first :data:`CALIBRATION_IMAGES` Normal
+   training phantoms (with their lung masks): ``calibration/`` in the model folder (docs/usage.md).
 
 Each stage is skipped when its output exists (``--force`` redoes all), so an interrupted build resumes.
 """
@@ -31,6 +33,7 @@ PHANTOM_SIZE = 128
 CLASSES = ("Normal", "Lung Opacity", "Cardiomegaly")
 ENTRY = "tiny-phantom"
 SHIPPED_PARTS = ("unet", "vae", "scheduler", "projection")
+CALIBRATION_IMAGES = 50
 
 
 def package_model_folder() -> Path:
@@ -133,6 +136,14 @@ def measure(target: Path) -> dict[str, float]:
     return result
 
 
+def calibrate(target: Path, phantoms: Path) -> None:
+    """``dva calibrate`` the packed model on its own healthy training phantoms, with the entry's recipe."""
+    images = [phantoms / "Normal" / "images" / f"Normal-{i}.png" for i in range(1, CALIBRATION_IMAGES + 1)]
+    command = [sys.executable, "-m", "dva", "calibrate", "--entry", ENTRY, "--model", str(target),
+               "--mask", str(phantoms / "Normal" / "masks"), *map(str, images)]
+    subprocess.run(command, check=True)
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
@@ -169,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "phantoms_per_class": PHANTOMS_PER_CLASS, "phantom_size": PHANTOM_SIZE,
                                     "recipe": f"registry.toml [entries.{ENTRY}], dva/tinymodel"})
     _log(f"lesion check: {measure(target)}")
+    _log("calibration (dva calibrate)")
+    calibrate(target, phantoms)
     _log(f"done in {minutes:.1f} min: {target} ({folder_bytes(target) / 1e6:.1f} MB)")
 
 

@@ -1,0 +1,150 @@
+"""Normative calibration (dva calibrate) and the calibrated maps and image-level scores of dva run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+from dva.core import calibration, manifest, weights
+from dva.core.calibrate import calibrate
+from dva.core.errors import ConfigError
+from dva.core.model_folder import bundled_model
+from dva.core.registry import load_entries, resolve
+
+from tests.conftest import runner
+
+dva_run = runner(steps=2, seed=3, strength=0.5, guidance_scale=2.0)
+
+
+def phantom_twins(index: int, size: int = 64, seed: int = 5):
+    """A Lung Opacity phantom and its healthy twin: the same anatomy and texture, no opacity."""
+    from dva.datasets.phantoms import _Renderer
+
+    sick = _Renderer("Lung Opacity", index, size, seed).render()
+    renderer = _Renderer("Lung Opacity", index, size, seed)
+    renderer.label = "Normal"
+    return sick, renderer.render()
+
+
+def write_scans(folder: Path, phantoms: dict[str, object]) -> tuple[Path, Path]:
+    """The phantoms' images and lung masks as PNGs in ``folder/images`` and ``folder/masks``."""
+    for kind in ("images", "masks"):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+    for name, phantom in phantoms.items():
+        Image.fromarray(phantom.image).save(folder / "images" / f"{name}.png")
+        Image.fromarray(phantom.lung_mask.astype(np.uint8) * 255).save(folder / "masks" / f"{name}.png")
+    return folder / "images", folder / "masks"
+
+
+def healthy_scans(folder: Path, count: int, size: int = 64) -> tuple[Path, Path]:
+    from dva.datasets.phantoms import make_phantom
+
+    return write_scans(folder, {f"h{i}": make_phantom("Normal", i, size, seed=77) for i in range(1, count + 1)})
+
+
+@pytest.fixture
+def model_copy(tiny_sd, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_sd, tmp_path / "model"))
+
+
+def recipe_for(catalogue, model: Path, entry: str = "default", **settings):
+    return resolve(load_entries(), catalogue, entry, {"model": str(model), **settings})
+
+
+def test_statistics_and_score_on_synthetic_maps():
+    rng = np.random.default_rng(0)
+    background = np.linspace(0.01, 0.1, 16 * 16, dtype=np.float32).reshape(16, 16)
+    healthy = [(background + 0.01 * rng.standard_normal((16, 16)).astype(np.float32), None) for _ in range(30)]
+    made = calibration.compute(healthy, {"recipe_key": "k"})
+    assert np.allclose(made.mean, background, atol=0.01)
+    quiet = made.calibrated(background + 0.01 * rng.standard_normal((16, 16)).astype(np.float32))
+    loud = background.copy()
+    loud[4:8, 4:8] += 0.3
+    assert np.abs(background).mean() > 0.05 and quiet.mean() < 0.5  # raw: the background; calibrated: near zero
+    assert calibration.score(made.calibrated(loud)) > 10 * calibration.score(quiet)
+    assert made.percentile(calibration.score(made.calibrated(loud))) == 1.0
+
+
+def test_calibration_enters_fingerprint_and_run_writes_calibrated_outputs(catalogue, model_copy, tmp_path):
+    images, masks = healthy_scans(tmp_path / "healthy", 3)
+    first = dva_run(catalogue, [images], tmp_path / "out", model=str(model_copy), mask=str(masks))
+    before = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert before["calibration"]["calibrated"] is False and "score_method" not in before
+    assert all("score" not in image for image in before["images"])
+    assert set(load_file(str(tmp_path / "out" / "h1" / "attribution.safetensors"))) == {
+        "attribution", "attribution_fullsize", "mask"}
+
+    recipe = recipe_for(catalogue, model_copy, steps=2, seed=3, strength=0.5, guidance_scale=2.0)
+    folder, made = calibrate(recipe, [str(images)], catalogue, str(masks))
+    assert folder == model_copy / "calibration" and made.info["images"] == 3
+    assert json.loads((folder / calibration.INFO).read_text())["recipe_key"] == made.info["recipe_key"]
+
+    second = dva_run(catalogue, [images], tmp_path / "out", model=str(model_copy), mask=str(masks))
+    assert second.header["fingerprint"] != first.header["fingerprint"]
+    assert second.count("done") == 3  # a recalibrated model does not resume the old outputs
+    after = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert after["calibration"]["calibrated"] is True and after["score_method"] == calibration.SCORE_METHOD
+    record = json.loads((tmp_path / "out" / "h1" / "record.json").read_text())
+    assert isinstance(record["score"], float) and all(isinstance(i["score"], float) for i in after["images"])
+    tensors = load_file(str(tmp_path / "out" / "h1" / "attribution.safetensors"))
+    assert tensors["calibrated"].shape == (64, 64) and tensors["calibrated_fullsize"].shape == (64, 64)
+    assert (tmp_path / "out" / "h1" / "calibrated.png").is_file()
+    assert "score" in (tmp_path / "out" / "report.html").read_text()
+
+    third = dva_run(catalogue, [images], tmp_path / "out", model=str(model_copy), mask=str(masks))
+    assert third.count("skipped") == 3
+    resumed = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [i["score"] for i in resumed["images"]] == [i["score"] for i in after["images"]]
+
+
+def test_mismatched_calibration_is_refused_or_left_unused(catalogue, model_copy, tmp_path):
+    images, masks = healthy_scans(tmp_path / "healthy", 2)
+    calibrate(recipe_for(catalogue, model_copy, steps=2, strength=0.5), [str(images)], catalogue, str(masks))
+    with pytest.raises(ConfigError, match="another recipe"):
+        dva_run(catalogue, [images], tmp_path / "out", model=str(model_copy), calibration="require", steps=3)
+    result = dva_run(catalogue, [images], tmp_path / "out", model=str(model_copy), steps=3)
+    assert result.header["calibration"]["calibrated"] is False
+    assert "another recipe" in result.header["calibration"]["reason"]
+    assert not (tmp_path / "out" / "h1" / "calibrated.png").exists()
+    assert all("score" not in job.summary() for job in result.jobs)
+
+
+def test_without_calibration_the_fingerprint_is_as_before(catalogue, tiny_sd, images, tmp_path):
+    result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd))
+    header = result.header
+    old_parts = ("unet", "vae", "scheduler", "dva.json")
+    old_weights = {**header["weights"], "model": weights.identify(str(tiny_sd), old_parts)}
+    old_defaults = (("samples", 1), ("reference", "input"), ("revision", None))
+    kept = {k: v for k, v in header["recipe"].items() if (k, v) not in old_defaults and k != "calibration"}
+    expected = manifest.fingerprint(kept, {"dtype": header["dtype"], "device": "cpu", "prompt": header["prompt"],
+                                           "weights": weights.digest(old_weights)})
+    assert header["fingerprint"] == expected
+
+
+def test_bundled_model_calibration_quiets_healthy_and_scores_the_lesion_higher(catalogue, tmp_path):
+    """The bundled tiny model (weights copied, calibrated here on 6 healthy phantoms at 6 steps)."""
+    model = tmp_path / "tiny"
+    shutil.copytree(bundled_model(), model, ignore=shutil.ignore_patterns("calibration"))
+    settings = {"steps": 6}
+    images, masks = healthy_scans(tmp_path / "healthy", 6)
+    calibrate(recipe_for(catalogue, model, "tiny-phantom", **settings), [str(images)], catalogue, str(masks))
+    sick, healthy = phantom_twins(5)
+    pair, pair_masks = write_scans(tmp_path / "pair", {"sick": sick, "healthy": healthy})
+    recipe = recipe_for(catalogue, model, "tiny-phantom", **settings)
+    from dva.core.run import run
+
+    result = run(recipe, [str(pair)], tmp_path / "out", catalogue, str(pair_masks))
+    scores = {job.key: job.summary()["score"] for job in result.jobs}
+    assert scores["sick"] > scores["healthy"]
+    tensors = load_file(str(tmp_path / "out" / "healthy" / "attribution.safetensors"))
+    lungs = tensors["mask"].astype(bool)
+    raw = np.abs(tensors["attribution"][lungs])
+    calibrated = tensors["calibrated"][lungs]
+    assert raw.mean() > 0.02  # the raw map of a healthy scan is not zero: the model's background
+    assert np.mean(calibrated > 2.0) < 0.05  # the calibrated one is quiet: few pixels beyond 2 healthy stds
