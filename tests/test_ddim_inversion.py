@@ -35,7 +35,7 @@ def test_dva_run_with_ddim_inversion_writes_the_usual_outputs(tiny_sd, images, t
         assert (folder / name).is_file(), name
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["recipe"]["prior"] == "ddim-inversion"
-    assert manifest["recipe"]["prior_options"] == {"strength": 0.5, "inversion": "unconditional"}
+    assert manifest["recipe"]["prior_options"] == {"strength": 0.5, "inversion": "unconditional", "region": ""}
     assert manifest["unet_calls"] == 2 * int(8 * 0.5), "inversion steps plus denoising steps, per image"
 
 

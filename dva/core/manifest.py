@@ -36,9 +36,18 @@ def versions() -> dict[str, str]:
     return found
 
 
+# Component options added after runs were fingerprinted, left out of the fingerprint at their default (which
+# changes no output), so that a run made before them still resumes: (recipe field, option, default).
+LATER_OPTIONS: tuple[tuple[str, str, Any], ...] = (("prior_options", "region", ""),)
+
+
 def fingerprint(recipe: dict[str, Any], extra: dict[str, Any]) -> str:
     """A hash of everything that determines an image's outputs."""
     relevant = {k: v for k, v in recipe.items() if k not in NOT_IN_FINGERPRINT}
+    for field, key, default in LATER_OPTIONS:
+        options = relevant.get(field)
+        if isinstance(options, dict) and key in options and options[key] == default:
+            relevant[field] = {k: v for k, v in options.items() if k != key}
     text = json.dumps({"recipe": relevant, **extra}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
