@@ -140,7 +140,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     from dva.core.modality import walk_for_any_modality
     from dva.core.plugins import get_catalogue
     from dva.datasets.layouts import open_dataset
-    from dva.evaluate.compare import (check_rank_by, comparison_table, grid, image_score_method, ranking,
+    from dva.evaluate.compare import (check_rank_by, comparison_table, grid, image_score_method, ranks,
                                       resolve_all, run_all)
     from dva.evaluate.evaluation import Settings
     from dva.evaluate.figures import contact_sheet_html, contact_sheet_png, measures_html, plots
@@ -184,7 +184,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     outcomes = run_all(combinations, recipes, walked, target, catalogue, dataset, settings, mask=mask,
                        on_combination=announce, on_loaded=loaded)
     table = comparison_table(outcomes, rank_by)
-    ranks = {index: position + 1 for position, index in enumerate(ranking(outcomes, rank_by))} if rank_by else {}
+    rank_of = ranks(outcomes, rank_by) if rank_by else {}
     atomic_write_text(target / "comparison.csv", to_csv([table]))
     atomic_write_text(target / "comparison.md", "# dva compare\n\n" + to_markdown([table]))
     document = {"versions": versions(), "entry": entry, "inputs": list(inputs), "real": real,
@@ -195,8 +195,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
                                   "summary": o.summary,
                                   **({"image_score": image_score_method(o.evaluation)} if "image_auroc" in o.summary
                                      else {}),
-                                  **({"rank": ranks[i] if rank_by in o.summary and o.error is None else None}
-                                     if rank_by else {})}
+                                  **({"rank": rank_of[i]} if rank_by else {})}
                                  for i, o in enumerate(outcomes)]}
     atomic_write_text(target / "comparison.json", json.dumps(document, indent=1, default=str) + "\n")
     contact_sheet_png(outcomes, target / "contact_sheet.png")

@@ -238,6 +238,17 @@ def ranking(outcomes: list[Outcome], measure: str) -> list[int]:
     return sorted(range(len(outcomes)), key=key)
 
 
+def ranks(outcomes: list[Outcome], measure: str) -> dict[int, int | None]:
+    """Each outcome's rank by ``measure``: 1 + how many are strictly better (ties share a rank); None for a
+    failed combination or one without the measure."""
+    sign = 1.0 if measure in LOWER_IS_BETTER else -1.0
+    values = {index: sign * float(o.summary[measure]) for index, o in enumerate(outcomes)
+              if o.error is None and isinstance(o.summary.get(measure), (int, float))
+              and not math.isnan(o.summary[measure])}
+    return {index: (1 + sum(other < values[index] for other in values.values()) if index in values else None)
+            for index in range(len(outcomes))}
+
+
 def comparison_table(outcomes: list[Outcome], rank_by: str | None = None) -> Table:
     """One row per combination: its values, images, s/image, the measures, the encoder weights it loaded
     (name and location, and whether the model was trained with them), and its status.
@@ -249,6 +260,7 @@ def comparison_table(outcomes: list[Outcome], rank_by: str | None = None) -> Tab
             if len({getattr(o.combination, name) for o in outcomes}) > 1 or getattr(outcomes[0].combination, name)]
     order = list(range(len(outcomes))) if rank_by is None else ranking(outcomes, rank_by)
     ranked = rank_by is not None
+    rank_of = ranks(outcomes, rank_by) if ranked else {}
     title = "Comparison of combinations"
     if ranked:
         better = "lower" if rank_by in LOWER_IS_BETTER else "higher"
@@ -256,14 +268,12 @@ def comparison_table(outcomes: list[Outcome], rank_by: str | None = None) -> Tab
     table = Table("comparison", title,
                   [*(["rank"] if ranked else []), *axes, "images", "s/image", *(SUMMARY_COLUMNS[k] for k in measured),
                    "encoder loaded", "encoder source", "trained pair", "status"])
-    for position, index in enumerate(order):
+    for index in order:
         outcome = outcomes[index]
         values = [getattr(outcome.combination, name) for name in axes]
         encoder = outcome.encoder or {}
         paired = {True: "yes", False: "NO"}.get(encoder.get("paired"), "")
-        value = outcome.summary.get(rank_by, math.nan) if ranked else math.nan
-        has_value = ranked and outcome.error is None and not math.isnan(value)
-        rank = ([position + 1 if has_value else "-"]) if ranked else []
+        rank = ([rank_of[index] or "-"]) if ranked else []
         table.rows.append([*rank, *values, outcome.images, outcome.seconds_per_image,
                            *(outcome.summary.get(k, math.nan) for k in measured),
                            encoder.get("encoder", ""), encoder.get("source") or "", paired, outcome.error or "ok"])
@@ -271,8 +281,9 @@ def comparison_table(outcomes: list[Outcome], rank_by: str | None = None) -> Tab
         best = outcomes[order[0]]
         if table.rows[0][0] == 1:
             table.marked = 0
+            tied = sum(rank == 1 for rank in rank_of.values()) - 1
             table.notes.append(f"Best by {SUMMARY_COLUMNS[rank_by]}: {best.combination.label} "
-                               f"({best.summary[rank_by]:.4f}).")
+                               f"({best.summary[rank_by]:.4f})" + (f", tied with {tied} more." if tied else "."))
         else:
             table.notes.append(f"No combination has {SUMMARY_COLUMNS[rank_by]}: nothing is ranked.")
         methods = sorted({m for m in (image_score_method(o.evaluation) for o in outcomes) if m})

@@ -97,7 +97,7 @@ def image_level_table(rows_by_class: dict[str, list[dict[str, Any]]], healthy: s
         explained = {RECORD: f"the score dva run wrote with the calibrated model ({score_method or 'method not named'})",
                      **{name: text for name, (_, text) in MAP_METHODS.items()}}
         table.notes.append("Scores: " + "; ".join(f"{label}: {explained[method]}" for method, _, label in chosen)
-                           + f". The first is preferred. Positives: the abnormal class; 1 separates perfectly, "
+                           + ". The first is preferred. Positives: the abnormal class; 1 separates perfectly, "
                            "0.5 is chance.")
     return table, summary
 
