@@ -147,4 +147,4 @@ def test_bundled_model_calibration_quiets_healthy_and_scores_the_lesion_higher(c
     raw = np.abs(tensors["attribution"][lungs])
     calibrated = tensors["calibrated"][lungs]
     assert raw.mean() > 0.02  # the raw map of a healthy scan is not zero: the model's background
-    assert np.mean(calibrated > 2.0) < 0.05  # the calibrated one is quiet: few pixels beyond 2 healthy stds
+    assert np.mean(calibrated > 3.0) < 0.05  # the calibrated one is quiet: few pixels beyond 3 healthy stds
