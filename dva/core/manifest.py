@@ -39,11 +39,14 @@ def versions() -> dict[str, str]:
 # Component options added after runs were fingerprinted, left out of the fingerprint at their default (which
 # changes no output), so that a run made before them still resumes: (recipe field, option, default).
 LATER_OPTIONS: tuple[tuple[str, str, Any], ...] = (("prior_options", "region", ""),)
+# Recipe settings added after runs were fingerprinted, left out at their default likewise: (setting, default).
+LATER_SETTINGS: tuple[tuple[str, Any], ...] = (("calibration", "auto"),)
 
 
 def fingerprint(recipe: dict[str, Any], extra: dict[str, Any]) -> str:
     """A hash of everything that determines an image's outputs."""
-    relevant = {k: v for k, v in recipe.items() if k not in NOT_IN_FINGERPRINT}
+    relevant = {k: v for k, v in recipe.items()
+                if k not in NOT_IN_FINGERPRINT and (k, v) not in LATER_SETTINGS}
     for field, key, default in LATER_OPTIONS:
         options = relevant.get(field)
         if isinstance(options, dict) and key in options and options[key] == default:
