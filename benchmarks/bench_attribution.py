@@ -14,7 +14,8 @@ in training (the tiny model's recipe uses seed 7; this uses 90210, or ``--seed``
 - SSIM between input and counterfactual outside the lesion (the model should leave the rest alone);
 - seconds per image;
 - induction on Normal phantoms: "lung opacity in the <zone> zone" for each of the six zones, the fraction
-  whose added brightness has its centroid in the named zone; "cardiomegaly", the fraction whose
+  whose added brightness has its centroid in the named zone, prompt-only and blended (``--region <zone>``,
+  cut from each phantom's lung mask: only the zone may change); "cardiomegaly", the fraction whose
   cardiothoracic ratio (measured on the lungs segmented from the image) grows.
 
     .venv/bin/python benchmarks/bench_attribution.py                 # the default model (dva run's)
@@ -169,6 +170,7 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
     zones: dict[str, float] = {}
     zones_vs_reconstruction: dict[str, float] = {}
     zones_blended: dict[str, float] = {}
+    zones_blended_vs_reconstruction: dict[str, float] = {}
     for index, zone in enumerate(ZONES):
         prompt = f"lung opacity in the {zone} zone"
         recipe = resolve(load_entries(), catalogue, "default",
@@ -188,12 +190,13 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
         # Blended: the same prompt with --region <zone> (cut from each phantom's lung mask), so only the zone may change.
         recipe = resolve(load_entries(), catalogue, "default",
                          {**base, "prior": "sdedit", "strength": INDUCTION_STRENGTH, "prompt": prompt,
-                          "prior_options": {"region": zone}})
+                          "prior_options": {"region": zone}, "reference": "reconstruction"})
         out = work / "induction-blended" / zone.replace(" ", "-")
         dva_run(recipe, normals, out, catalogue, masks=data / "Normal" / "masks")
-        zones_blended[zone] = float(np.mean([
-            zone_hit(gray(out / path.stem / "counterfactual.png") - gray(out / path.stem / "input.png"),
-                     mask(data / "Normal" / "masks" / path.name), index) for path in normals]))
+        for against, rates in (("input", zones_blended), ("reconstruction", zones_blended_vs_reconstruction)):
+            rates[zone] = float(np.mean([
+                zone_hit(gray(out / path.stem / "counterfactual.png") - gray(out / path.stem / f"{against}.png"),
+                         mask(data / "Normal" / "masks" / path.name), index) for path in normals]))
 
     def ctr_changes(prompt: str) -> np.ndarray:
         """Cardiothoracic ratio after minus before, per Normal phantom, for sdedit with ``prompt``."""
@@ -219,6 +222,8 @@ def induction_rows(data: Path, work: Path, base: dict, catalogue: Any) -> dict:
         "zones_vs_reconstruction": zones_vs_reconstruction,
         "zone_hit_rate_vs_reconstruction": float(np.mean(list(zones_vs_reconstruction.values()))),
         "zones_blended": zones_blended, "zone_hit_rate_blended": float(np.mean(list(zones_blended.values()))),
+        "zones_blended_vs_reconstruction": zones_blended_vs_reconstruction,
+        "zone_hit_rate_blended_vs_reconstruction": float(np.mean(list(zones_blended_vs_reconstruction.values()))),
         "cardiomegaly_grown": float(np.mean(induced >= CTR_GROWTH)) if induced.size else float("nan"),
         "cardiomegaly_mean_ctr_change": float(induced.mean()) if induced.size else float("nan"),
         "control_grown": float(np.mean(control >= CTR_GROWTH)) if control.size else float("nan"),
@@ -249,13 +254,13 @@ def print_report(rows: list[dict], induction: dict | None, settings: dict) -> No
         return
     print(f"\ninduction on {induction['images']} Normal phantoms (sdedit {INDUCTION_STRENGTH}):")
     print("| prompt zone | centroid of counterfactual - input in the zone | of counterfactual - reconstruction | "
-          "blended (--region <zone>): counterfactual - input |")
-    print("|---|---:|---:|---:|")
+          "blended (--region <zone>): counterfactual - input | blended: counterfactual - reconstruction |")
+    print("|---|---:|---:|---:|---:|")
     for zone, rate in induction["zones"].items():
         print(f"| {zone} | {rate:.0%} | {induction['zones_vs_reconstruction'][zone]:.0%} | "
-              f"{induction['zones_blended'][zone]:.0%} |")
+              f"{induction['zones_blended'][zone]:.0%} | {induction['zones_blended_vs_reconstruction'][zone]:.0%} |")
     print(f"| all zones | {induction['zone_hit_rate']:.0%} | {induction['zone_hit_rate_vs_reconstruction']:.0%} | "
-          f"{induction['zone_hit_rate_blended']:.0%} |")
+          f"{induction['zone_hit_rate_blended']:.0%} | {induction['zone_hit_rate_blended_vs_reconstruction']:.0%} |")
     print(f"\n\"cardiomegaly\" (sdedit {CARDIOMEGALY_STRENGTH}): cardiothoracic ratio grew by >= {CTR_GROWTH} in "
           f"{induction['cardiomegaly_grown']:.0%} of {induction['cardiomegaly_measured']} measurable phantoms "
           f"(mean change {induction['cardiomegaly_mean_ctr_change']:+.3f}); control with the healthy prompt: "
