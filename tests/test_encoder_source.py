@@ -78,7 +78,7 @@ def test_naming_another_encoder_never_keeps_the_first_encoders_weights(catalogue
     entries = load_entries([registry])
     switched = resolve(entries, catalogue, "mine", {"encoder": "biobert", "prior": "sdedit"})
     assert switched.encoder_options == {"path": None, "max_length": 77}
-    assert switched.prior_options == {"strength": 0.7}
+    assert switched.prior_options == {"strength": 0.7, "region": ""}  # sdedit's own region: its default
     kept = resolve(entries, catalogue, "mine", {"encoder": "radbert"})
     assert kept.encoder_options == {"path": "/models/RadBERT", "max_length": 128}
     given = resolve(entries, catalogue, "mine", {"encoder": "biobert", "encoder_path": "/models/BioBERT"})

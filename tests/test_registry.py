@@ -53,7 +53,7 @@ def test_flags_override_the_entry(catalogue):
 
 def test_switching_prior_by_flag_keeps_the_strength_but_drops_foreign_options(catalogue):
     switched = recipe(catalogue, "controlnet-canny", {"prior": "sdedit"})
-    assert switched.prior_options == {"strength": 0.85}
+    assert switched.prior_options == {"strength": 0.85, "region": ""}  # sdedit's own region: its default
 
 
 def test_flag_options_apply_to_the_prior_chosen_by_flag_whatever_their_order(catalogue):
