@@ -56,7 +56,7 @@ def test_a_killed_run_resumes_to_the_outputs_of_an_uninterrupted_one(tiny_radber
         b = load_file(str(killed / image["output"] / "attribution.safetensors"))
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"{image['output']}: {key}")
-        for name in ("counterfactual.png", "attribution.png", "overlay.png"):
+        for name in ("counterfactual.png", "attribution.png", "overlay.png", "attribution.safetensors"):
             assert (whole / image["output"] / name).read_bytes() == (killed / image["output"] / name).read_bytes()
 
     # dva evaluate scores every completed image of the resumed run, not only the last invocation's.

@@ -137,7 +137,27 @@ def tensor_file(job: ImageJob, generated: Generated, maps: Maps, spread: dict[st
             samples=str(job.samples),
             uncertainty="per-pixel standard deviation (ddof 1) of the samples' grayscale maps",
         )
-    return save_tensors(tensors, metadata=metadata)
+    return canonical_safetensors(save_tensors(tensors, metadata=metadata))
+
+
+def canonical_safetensors(data: bytes) -> bytes:
+    """``data`` with its header's metadata in sorted key order, so the same maps give the same bytes.
+
+    safetensors writes ``__metadata__`` from a hash map, in an order that changes between processes, so
+    a resumed run's files would differ from an uninterrupted run's in their header alone. Written by hand
+    because safetensors has no option for it; the header keeps its length, so the data does not move.
+    """
+    import json
+
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    if "__metadata__" not in header:
+        return data
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > length:  # another escaping than the library's: keep its bytes rather than move the data
+        return data
+    return data[:8] + text + b" " * (length - len(text)) + data[8 + length:]
 
 
 def _inside(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
