@@ -148,3 +148,15 @@ def test_bundled_model_calibration_quiets_healthy_and_scores_the_lesion_higher(c
     calibrated = tensors["calibrated"][lungs]
     assert raw.mean() > 0.02  # the raw map of a healthy scan is not zero: the model's background
     assert np.mean(calibrated > 3.0) < 0.05  # the calibrated one is quiet: few pixels beyond 3 healthy stds
+
+
+def test_the_demo_lists_image_scores_highest_first_and_nothing_for_an_uncalibrated_run(tmp_path):
+    import json
+
+    from dva.testing.demo import image_scores
+
+    images = [{"output": "Normal-1", "score": 1.5}, {"output": "Lung Opacity-7", "score": 8.8}, {"output": "x"}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"images": images}))
+    assert image_scores(tmp_path) == [("Lung Opacity-7", 8.8), ("Normal-1", 1.5)]
+    (tmp_path / "manifest.json").write_text(json.dumps({"images": [{"output": "x"}]}))
+    assert image_scores(tmp_path) == []

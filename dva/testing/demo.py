@@ -74,7 +74,21 @@ def main(argv: list[str] | None = None) -> None:
         console.print("Lung Opacity phantoms: mean |attribution| inside the true lesion vs the rest of the lungs")
         for stem, inside, rest in rows:
             console.print(f"  {stem}: lesion {inside:.3f} · rest of lungs {rest:.3f} · ratio {inside / max(rest, 1e-8):.1f}")
+    scores = image_scores(out)
+    if scores:
+        console.print("Image-level abnormality scores (calibrated on healthy phantoms; higher = less healthy):")
+        for image, score in scores:
+            console.print(f"  {image}: {score:.2f}")
     console.print(f"[bold]Report:[/] {(out / 'report.html').resolve()}", highlight=False)
+
+
+def image_scores(out: Path) -> list[tuple[str, float]]:
+    """(image, score) from the run's manifest, highest first; empty when the run was not calibrated."""
+    import json
+
+    images = json.loads((out / "manifest.json").read_text()).get("images", [])
+    found = [(image["output"], float(image["score"])) for image in images if image.get("score") is not None]
+    return sorted(found, key=lambda item: -item[1])
 
 
 if __name__ == "__main__":
