@@ -160,3 +160,17 @@ def test_the_demo_lists_image_scores_highest_first_and_nothing_for_an_uncalibrat
     assert image_scores(tmp_path) == [("Lung Opacity-7", 8.8), ("Normal-1", 1.5)]
     (tmp_path / "manifest.json").write_text(json.dumps({"images": [{"output": "x"}]}))
     assert image_scores(tmp_path) == []
+
+
+def test_the_report_shows_each_score_and_sorts_by_it_in_the_page(tmp_path):
+    from dva.core.report import write_report
+
+    images = [{"output": "healthy", "status": "done", "score": 1.5},
+              {"output": "sick", "status": "done", "score": 8.25},
+              {"output": "unscored", "status": "skipped"}]
+    page = write_report(tmp_path, {"recipe": {}}, images).read_text()
+    assert 'data-order="0" data-score="1.5"' in page and 'data-order="1" data-score="8.25"' in page
+    assert 'data-order="2" data-score=""' in page
+    assert page.index(">healthy<") < page.index(">sick<"), "input order until the reader sorts"
+    assert "dvaSort" in page and "sort by score" in page
+    assert "dvaSort" not in write_report(tmp_path, {"recipe": {}}, images[2:]).read_text(), "no scores, no sorting"
