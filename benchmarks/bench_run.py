@@ -47,7 +47,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-SAMPLE_DIR = Path("/work/shared/data/cxr-nih-sample/images_64px")
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "dva" / "samples" / "cxr-nih-sample" / "images"  # bundled X-rays
 PROMPT = "normal chest x ray"  # the chest-xray modality's healthy prompt, what dva's default recipe uses
 
 

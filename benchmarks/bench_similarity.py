@@ -1,6 +1,6 @@
 """Pairs per second of dva's SSIM + MS-SSIM against pytorch-msssim called one pair at a time, same run.
 
-Inputs: real chest X-rays (``/work/shared/data/cxr-covid-sample``, with their V7 Labs lung masks)
+Inputs: real chest X-rays (``dva/samples/cxr-covid-sample``, with their V7 Labs lung masks)
 resized to each side, else synthetic chest-like images with elliptic lungs; each "counterfactual" is
 the scan with a smooth opacity removed inside the lungs plus a little noise. All images are float32
 intensities in [0, 1], data range 1.
@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run import ForeignLoad, Quiet, load_average, machine, write_results  # noqa: E402
 
-SAMPLE_DIR = Path("/work/shared/data/cxr-covid-sample")
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "dva" / "samples" / "cxr-covid-sample"  # bundled X-rays
 
 
 # -- inputs -----------------------------------------------------------------------------------------

@@ -1,5 +1,9 @@
-"""docs/images/phantoms.png: real chest X-rays above phantoms of each class with their lesion outlines."""
-import os
+"""docs/images/phantoms.png: real chest X-rays above phantoms of each class with their lesion outlines.
+
+    python docs/scripts/phantoms_figure.py SAMPLE_DATA docs/images/phantoms.png
+
+SAMPLE_DATA holds ``cxr-nih-sample/images/`` and ``cxr-covid-sample/`` with the files docs/phantoms.md names.
+"""
 import sys
 from pathlib import Path
 
@@ -10,7 +14,9 @@ from PIL import Image, ImageDraw, ImageFont
 from dva.datasets.phantoms import cardiothoracic_ratio, make_phantom
 
 TILE, GAP, CAPTION = 208, 6, 26
-DATA = Path(os.environ.get("DVA_SHARED_DATA", "../shared/data"))  # the project's shared sample X-rays
+if len(sys.argv) != 3:
+    sys.exit("usage: python docs/scripts/phantoms_figure.py SAMPLE_DATA OUT.png (see docs/phantoms.md)")
+DATA = Path(sys.argv[1])  # the sample X-rays the figure shows (docs/phantoms.md)
 font = ImageFont.load_default(size=12)
 bold = ImageFont.load_default(size=15)
 
@@ -68,7 +74,7 @@ for title, tiles in rows:
         sheet.paste(Image.fromarray(tile), (x, y))
         draw.text((x, y + TILE + 3), caption, fill=(40, 40, 40), font=font)
     y += TILE + CAPTION
-out = Path(sys.argv[1])
+out = Path(sys.argv[2])
 levels = 64  # gray levels, then the exact colours used for outlines and text
 palette = [v for g in np.linspace(0, 255, levels).round().astype(int) for v in (g, g, g)]
 palette += [255, 40, 40, 110, 110, 110, 20, 20, 20, 40, 40, 40]
