@@ -174,3 +174,21 @@ def test_the_report_shows_each_score_and_sorts_by_it_in_the_page(tmp_path):
     assert page.index(">healthy<") < page.index(">sick<"), "input order until the reader sorts"
     assert "dvaSort" in page and "sort by score" in page
     assert "dvaSort" not in write_report(tmp_path, {"recipe": {}}, images[2:]).read_text(), "no scores, no sorting"
+
+
+@pytest.mark.parametrize("calibration, said", [
+    ({"calibrated": True, "images": 50}, "calibrated maps and image scores (against 50 healthy scans)"),
+    ({"calibrated": False, "reason": "the model folder m has no calibration"}, "not calibrated: the model folder m"),
+])
+def test_the_run_summary_says_whether_maps_are_calibrated(calibration, said, tmp_path):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from dva.cli.run import _summary
+
+    console = Console(record=True, width=200)
+    result = SimpleNamespace(header={"calibration": calibration}, out=tmp_path, report=tmp_path / "report.html",
+                             count=lambda status: 0)
+    _summary(console, result)
+    assert said in console.export_text()

@@ -131,4 +131,10 @@ def _summary(console: Any, result: Any) -> None:
     for status, label in (("done", "generated"), ("skipped", "already complete (resumed)"), ("failed", "failed")):
         table.add_row(label, str(result.count(status)))
     console.print(table)
+    calibration = result.header.get("calibration") or {}
+    if calibration.get("calibrated"):
+        console.print(f"calibrated maps and image scores (against {calibration.get('images')} healthy scans)")
+    elif calibration.get("reason") and calibration["reason"] != "calibration off":
+        console.print(f"not calibrated: {calibration['reason']}; maps are raw and images have no score",
+                      highlight=False)
     console.print(f"outputs: {result.out}  ·  report: {result.report}  ·  manifest: {result.out / 'manifest.json'}")
