@@ -100,10 +100,11 @@ def test_a_bad_zone_name_says_which_was_meant(catalogue, phantom, tmp_path):
         dva_run(catalogue, [image], tmp_path / "out", region="left uper", mask=str(lungs))
 
 
-def test_a_zone_needs_the_lung_mask(catalogue, phantom, tmp_path):
+def test_a_zone_needs_the_lung_mask_before_the_run_starts(catalogue, phantom, tmp_path):
     image, _ = phantom
-    with pytest.raises(ConfigError, match="needs each image's lung mask: pass --mask"):
+    with pytest.raises(ConfigError, match=r"--region 'left upper' is a lung zone .*, which needs --mask"):
         dva_run(catalogue, [image], tmp_path / "out", region="left upper")
+    assert not list((tmp_path / "out").glob("*/record.json"))
 
 
 def test_mask_images_of_another_size_or_empty_are_refused(catalogue, phantom, tmp_path):
@@ -114,3 +115,18 @@ def test_mask_images_of_another_size_or_empty_are_refused(catalogue, phantom, tm
         dva_run(catalogue, [image], tmp_path / "a", region=str(tmp_path / "small.png"))
     with pytest.raises(ConfigError, match="is empty"):
         dva_run(catalogue, [image], tmp_path / "b", region=str(tmp_path / "empty.png"))
+
+
+def test_with_a_zone_region_an_input_without_its_mask_fails_alone(catalogue, phantom, tmp_path):
+    import shutil
+
+    image, lungs = phantom
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    shutil.copy(lungs, masks / image.name)
+    other = tmp_path / "other.png"
+    shutil.copy(image, other)  # no mask of its name in the folder
+    result = dva_run(catalogue, [image, other], tmp_path / "out", region="left upper", mask=str(masks))
+    statuses = {job.path.name: (job.status, job.error) for job in result.jobs}
+    assert statuses[image.name][0] == "done"
+    assert statuses["other.png"][0] == "failed" and "has no mask for this input" in statuses["other.png"][1]

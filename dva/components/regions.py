@@ -63,6 +63,11 @@ class Region:
     def __bool__(self) -> bool:
         return bool(self.value)
 
+    @property
+    def needs_mask(self) -> str | None:
+        """Why each image needs its lung mask (the region is a lung zone cut from it), else None."""
+        return f"--region '{self.zone}' is a lung zone cut from each image's lung mask" if self.zone else None
+
     def pixels(self, lungs: torch.Tensor | None, batch: int, size: tuple[int, int]) -> torch.Tensor:
         """The region ``(B, 1, H, W)`` in {0, 1} for a batch of ``size`` images with lung masks ``lungs`` ``(B, H, W)``."""
         if self.mask is not None:

@@ -157,7 +157,9 @@ class Prior(Protocol):
 
     A class may subclass it to inherit ``condition`` (none). A prior that draws no noise (DDIM inversion)
     also sets the class attribute ``deterministic = True``, and ``dva run`` then refuses ``--samples``
-    above 1 for it.
+    above 1 for it. A prior that needs each image's mask (as ``request.lungs``) says why in an attribute
+    ``needs_mask`` (a clause); ``dva run`` then refuses to run without ``--mask`` and fails an input that
+    has none.
     """
 
     def load(self, parts: ModelParts) -> None:

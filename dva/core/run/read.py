@@ -36,14 +36,19 @@ class ReadInput:
 class InputReader:
     """Reads one ``(path, key)`` of the plan into a :class:`ReadInput`; raises InputError for that input alone."""
 
-    def __init__(self, out: Path, modality: Any, options: dict[str, Any], resolution: int, mask: str | None) -> None:
+    def __init__(self, out: Path, modality: Any, options: dict[str, Any], resolution: int, mask: str | None,
+                 mask_needed: str | None = None) -> None:
         self.out, self.modality, self.options = out, modality, options
         self.resolution, self.mask = resolution, mask
+        self.mask_needed = mask_needed  # why the prior needs each image's mask (its ``needs_mask``), else None
 
     def __call__(self, item: tuple[Path, str]) -> ReadInput:
         started = time.perf_counter()
         path, key = item
         source, jobs = expand(path, key, self.modality, self.options, self.resolution, self.mask)
+        if self.mask_needed and any(job.model_mask is None for job in jobs):
+            raise InputError(f"{path}: {self.mask_needed}, but --mask {self.mask} has no mask for this input; "
+                             "add its mask, or run it without --region.")
         taken = next((folder for folder in (self.out / key, self.out / jobs[0].key)
                       if owned_by_another_input(folder, path, source.sha256)), None)
         if taken is not None:  # a same-named input of an earlier run keeps its outputs; this one goes beside them
