@@ -102,16 +102,19 @@ def map_measures(evaluation: Any) -> dict:
     }
 
 
-def attribution_row(label: str, overrides: dict, data: Path, work: Path, base: dict, catalogue: Any) -> list[dict]:
+def attribution_row(label: str, overrides: dict, data: Path, work: Path, base: dict, catalogue: Any,
+                    entry: str = "default") -> list[dict]:
     """One setting: maps of Lung Opacity against lesions, the null test on Normal, image-level AUROC, SSIM
-    outside lesions; a second row for the calibrated maps when the model is calibrated."""
+    outside lesions; a second row for the calibrated maps when the model is calibrated. ``entry`` is the
+    registry entry the overrides apply to; each row also carries the run's ``unet_calls`` (the prior's own
+    count per image, before guidance doubling)."""
     from dva.core.registry import load_entries, resolve
     from dva.datasets.layouts import open_dataset
     from dva.evaluate.evaluation import Settings, evaluate
     from dva.evaluate.runs import read_run
     from dva.metrics.similarity import similarity
 
-    recipe = resolve(load_entries(), catalogue, "default", {**base, **overrides})
+    recipe = resolve(load_entries(), catalogue, entry, {**base, **overrides})
     slug = label.replace(" ", "").replace(",", "-").replace("=", "")
     seconds = []
     runs = []
@@ -126,7 +129,8 @@ def attribution_row(label: str, overrides: dict, data: Path, work: Path, base: d
         lesion = mask(data / "Lung Opacity" / "lesions" / f"{image.input.stem}.png")
         scores = similarity(gray(image.model_input), gray(image.model_counterfactual), mask=~lesion)
         outside.append(scores.ssim)
-    common = {"ssim_outside_lesion": float(np.mean(outside)), "seconds_per_image": float(np.mean(seconds))}
+    common = {"ssim_outside_lesion": float(np.mean(outside)), "seconds_per_image": float(np.mean(seconds)),
+              "unet_calls": runs[0].header.get("unet_calls")}
     rows = [{"setting": label, **map_measures(evaluate(dataset, runs, Settings(["localisation"]), catalogue)),
              **common}]
     if all(image.has_map("calibrated") for run in runs for image in run.images):

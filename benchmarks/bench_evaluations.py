@@ -1,0 +1,255 @@
+"""Map quality against UNet evaluations per image, on fresh phantom sets.
+
+A UNet evaluation is one image through the UNet once: a UNet call on a batch doubled by classifier-free
+guidance (guidance scale above 1) is two evaluations per image. The thesis' setting (sdedit 0.85, PNDM, 75
+steps) makes 64 calls, i.e. 128 evaluations per image. This script measures, per prior, scheduler, step count,
+strength, guidance, reference and number of samples, what the maps are worth for what they cost:
+
+- the cost: UNet evaluations per image, from the prior's own ``unet_calls`` as the run records it (see
+  :func:`evaluations_per_image`; ``tests/test_bench_evaluations.py`` checks it against a counter wrapped
+  around the UNet's forward);
+- the quality (``bench_attribution.attribution_row``, on Normal and Lung Opacity phantoms with lung masks):
+  pixel AUPRC and best Dice against the lesions, the null ratio, and the image-level AUROC from the raw map's
+  99.5th percentile in the lungs. A calibrated score exists only when the model folder holds a calibration
+  for that very recipe (the bundled model's matches one setting), so the frontier uses the raw-map score for
+  every setting; a calibrated row is kept beside its raw row where there is one.
+
+Coarse to fine: ``--plan sweep`` measures the whole grid on one seed; ``--plan confirm --from SWEEP.json``
+re-measures the best settings at most ``BUDGET`` evaluations, the best at any cost, the ``tiny-phantom``
+entry's and the thesis' on another seed. Results are written after every setting, and a rerun with the same
+``--json`` skips what that file already holds, so a killed run keeps what it measured.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_evaluations.py --plan sweep --seed 6174 \\
+        --json build/evaluations-6174.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_evaluations.py --plan confirm --seed 1729 \\
+        --from build/evaluations-6174.json --json build/evaluations-1729.json
+    .venv/bin/python benchmarks/bench_evaluations.py --quick          # smoke run: 2 phantoms, two tiny settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_attribution import attribution_row  # noqa: E402
+from bench_run import load_average, machine, write_results  # noqa: E402
+
+SWEEP_SEED = 6174  # phantom seeds no training, tuning or other benchmark uses
+CONFIRM_SEED = 1729
+BUDGET = 16  # evaluations per image: an eighth of the thesis' 128
+ENTRY = "tiny-phantom"  # the registry entry the settings override (its prompt and model)
+QUALITY = "auprc"  # what the frontier ranks by
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One sampling setting: everything that decides the map and its cost."""
+
+    prior: str
+    strength: float
+    steps: int
+    guidance_scale: float
+    reference: str = "input"
+    scheduler: str = "ddim"  # ddim-inversion runs DDIM whatever the scheduler; sdedit uses this one
+    samples: int = 1
+
+    @property
+    def label(self) -> str:
+        sampler = "" if self.prior == "ddim-inversion" else f"{self.scheduler} "
+        text = f"{self.prior} {self.strength:g}, {sampler}{self.steps} steps, guidance {self.guidance_scale:g}"
+        text += f", K = {self.samples}" if self.samples > 1 else ""
+        return text + (" vs reconstruction" if self.reference == "reconstruction" else "")
+
+    @property
+    def family(self) -> str:
+        """The curve this setting belongs to: everything but the step count."""
+        return self.label.replace(f" {self.steps} steps,", "")
+
+    def overrides(self) -> dict[str, Any]:
+        return {"prior": self.prior, "strength": self.strength, "steps": self.steps, "scheduler": self.scheduler,
+                "guidance_scale": self.guidance_scale, "reference": self.reference, "samples": self.samples}
+
+
+def evaluations_per_image(prior: str, unet_calls: int, guidance_scale: float, reference: str, samples: int) -> int:
+    """UNet evaluations per image, from the prior's own ``unet_calls`` (calls per image before guidance doubling).
+
+    - guidance above 1 doubles every guided call's batch (the unconditional and the prompted halves);
+    - ``--reference reconstruction`` runs the prior again from the same start, unguided: once more its denoising;
+    - ``--samples K`` runs everything K times;
+    - ddim-inversion's ``unet_calls`` are its inversion (unguided) plus its denoising, half each; the
+      reconstruction reuses the inversion, so only its denoising is counted again.
+    """
+    guided = 2 if guidance_scale > 1 else 1
+    again = 1 if reference == "reconstruction" else 0
+    if prior == "ddim-inversion":
+        each_way = unet_calls // 2
+        return samples * (each_way + each_way * guided + each_way * again)
+    return samples * unet_calls * (guided + again)
+
+
+def steps_for(strength: float, calls: int) -> int:
+    """The fewest scheduler steps whose ``int(steps * strength)`` (the steps img2img and the inversion run) is
+    ``calls``."""
+    steps = 1
+    while min(int(steps * strength), steps) < calls:
+        steps += 1
+    return steps
+
+
+def ddim_inversion(strength: float, calls: int, guidance_scale: float = 4.0, reference: str = "reconstruction") -> Setting:
+    return Setting("ddim-inversion", strength, steps_for(strength, calls), guidance_scale, reference)
+
+
+def sdedit(scheduler: str, calls: int, strength: float = 0.55, guidance_scale: float = 4.0, reference: str = "input",
+           samples: int = 1) -> Setting:
+    return Setting("sdedit", strength, steps_for(strength, calls), guidance_scale, reference, scheduler, samples)
+
+
+ENTRY_SETTING = Setting("ddim-inversion", 0.6, 50, 4.0, "reconstruction")  # the tiny-phantom entry before issue 16
+THESIS = Setting("sdedit", 0.85, 75, 4.0, "input", "pndm")  # the thesis' sampling (64 calls): 128 evaluations
+
+
+def sweep_plan() -> list[Setting]:
+    """The grid, most promising families first, each over budgets of about 4, 8, 12, 16, 32, 64 and more."""
+    plan = [ddim_inversion(0.6, calls) for calls in (1, 2, 3, 4, 8, 16)] + [ENTRY_SETTING]  # 4s evaluations
+    plan += [ddim_inversion(0.6, calls, reference="input") for calls in (1, 2, 3, 5, 10, 30)]  # 3s
+    plan += [ddim_inversion(0.6, calls, guidance_scale=1.0) for calls in (1, 2, 3, 5, 10, 30)]  # 3s, no CFG
+    plan += [ddim_inversion(0.6, calls, guidance_scale=1.0, reference="input") for calls in (2, 4, 8, 16, 30)]  # 2s
+    plan += [ddim_inversion(strength, calls) for strength in (0.3, 0.45, 0.75, 0.9) for calls in (2, 4, 16)]
+    plan += [ddim_inversion(0.6, 4, guidance_scale=scale) for scale in (2.0, 7.0)]
+    plan += [sdedit(scheduler, calls) for scheduler in ("dpm-solver++", "unipc", "ddim", "pndm") for calls in (4, 8, 16, 32)]
+    plan += [sdedit("dpm-solver++", calls, reference="reconstruction") for calls in (5, 16)]
+    plan += [sdedit("dpm-solver++", 4, samples=2), sdedit("dpm-solver++", 2, samples=4),
+             sdedit("dpm-solver++", 8, samples=4), sdedit("dpm-solver++", 8, samples=4, reference="reconstruction")]
+    plan += [sdedit("dpm-solver++", 8, guidance_scale=1.0), sdedit("dpm-solver++", 8, strength=0.4), THESIS]
+    return plan
+
+
+def quick_plan() -> list[Setting]:
+    return [ddim_inversion(0.6, 1), sdedit("dpm-solver++", 1, guidance_scale=1.0)]
+
+
+def confirm_plan(sweep: dict, budget: int = BUDGET, best_within: int = 3, best_overall: int = 3) -> list[Setting]:
+    """From a sweep's results: its best settings within ``budget`` evaluations and at any cost (raw maps, by
+    AUPRC), the entry's setting and the thesis'."""
+    rows = sorted((r for r in sweep["rows"] if not r["calibrated"]), key=lambda r: -r[QUALITY])
+    within = [r for r in rows if r["evaluations"] <= budget][:best_within]
+    chosen = [Setting(**r["recipe"]) for r in within + rows[:best_overall]] + [ENTRY_SETTING, THESIS]
+    return list(dict.fromkeys(chosen))
+
+
+def frontier(rows: list[dict]) -> list[dict]:
+    """The settings no other setting beats on both counts: as good (AUPRC) for as few evaluations."""
+    raw = sorted((r for r in rows if not r["calibrated"]), key=lambda r: (r["evaluations"], -r[QUALITY]))
+    best, found = float("-inf"), []
+    for row in raw:
+        if row[QUALITY] > best:
+            best = row[QUALITY]
+            found.append(row)
+    return found
+
+
+def measure(setting: Setting, data: Path, work: Path, base: dict, catalogue: Any) -> list[dict]:
+    """The setting's rows (raw, and calibrated where the model has a calibration for its recipe)."""
+    rows = attribution_row(setting.label, setting.overrides(), data, work, base, catalogue, entry=ENTRY)
+    for row in rows:
+        row["calibrated"] = row["setting"].endswith(", calibrated")
+        row["recipe"] = asdict(setting)
+        row["family"] = setting.family
+        row["evaluations"] = evaluations_per_image(setting.prior, row["unet_calls"], setting.guidance_scale,
+                                                   setting.reference, setting.samples)
+    return rows
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    print(f"\n{title}\n")
+    print("| setting | UNet evaluations per image | pixel AUPRC | best Dice | null ratio | image AUROC (p99.5) | s/image |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['setting']} | {r['evaluations']} | {r['auprc']:.3f} | {r['best_dice']:.3f} | {r['null_ratio']:.3f} | "
+              f"{r.get('image_auroc_p99.5', float('nan')):.3f} | {r['seconds_per_image']:.2f} |")
+
+
+def previous_rows(path: Path | None, seed: int) -> list[dict]:
+    """What an earlier, interrupted run with the same output file and seed already measured."""
+    if path is None or not path.is_file():
+        return []
+    payload = json.loads(path.read_text())
+    return payload["rows"] if payload.get("settings", {}).get("seed") == seed else []
+
+
+def model_size(base: dict, catalogue: Any) -> int:
+    """The model's image size in pixels (phantoms are made at it)."""
+    import torch
+
+    from dva.core.model_folder import inspect_model
+    from dva.core.registry import load_entries, resolve
+    from dva.core.runtime import load_diffusion_parts, model_resolution, pick_device
+
+    recipe = resolve(load_entries(), catalogue, ENTRY, base)
+    unet, vae, _ = load_diffusion_parts(inspect_model(recipe.model), pick_device("cpu"), torch.float32)
+    return model_resolution(unet, vae)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--plan", choices=("sweep", "confirm"), default="sweep", help="the grid, or the confirmation of a sweep's best")
+    parser.add_argument("--from", dest="sweep", type=Path, help="the sweep's JSON (for --plan confirm)")
+    parser.add_argument("--seed", type=int, help=f"seed of the phantom set (default {SWEEP_SEED}; confirm: {CONFIRM_SEED})")
+    parser.add_argument("--n", type=int, help="phantoms per class (default 10; --quick 2)")
+    parser.add_argument("--model", help="model folder (default: the tiny-phantom entry's, the bundled tiny model)")
+    parser.add_argument("--only", help="measure only the settings whose label contains this text")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 phantoms per class, two tiny settings")
+    parser.add_argument("--json", type=Path, help="write the results here after every setting (and resume from it)")
+    args = parser.parse_args(argv)
+    if args.plan == "confirm" and not args.sweep:
+        parser.error("--plan confirm needs --from SWEEP.json")
+
+    from dva.core.plugins import load_catalogue
+    from dva.core.runtime import quiet_libraries
+    from dva.datasets.phantoms import make_phantoms
+
+    quiet_libraries()
+    catalogue = load_catalogue()
+    seed = args.seed if args.seed is not None else (CONFIRM_SEED if args.plan == "confirm" else SWEEP_SEED)
+    n = args.n or (2 if args.quick else 10)
+    plan = quick_plan() if args.quick else (
+        confirm_plan(json.loads(args.sweep.read_text())) if args.plan == "confirm" else sweep_plan())
+    plan = [s for s in plan if args.only is None or args.only in s.label]
+    base = {"device": "cpu", **({"model": args.model} if args.model else {})}
+    size = model_size(base, catalogue)
+    settings = {"entry": ENTRY, "model": args.model or f"the {ENTRY} entry's (the bundled tiny model)", "n": n,
+                "seed": seed, "plan": "quick" if args.quick else args.plan, "size": size}
+    rows = previous_rows(args.json, seed)
+    done = {r["setting"] for r in rows}
+    load_before, started = load_average(), time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        data = make_phantoms(work / "phantoms", n, size, seed=seed)
+        for setting in plan:
+            if setting.label in done:
+                continue
+            rows += measure(setting, data, work, base, catalogue)
+            print(f"{setting.label}: {rows[-1]['evaluations']} evaluations, AUPRC {rows[-1]['auprc']:.3f}", flush=True)
+            if args.json:
+                write_results(args.json, {"command": " ".join(sys.argv), "machine": machine(), "settings": settings,
+                                          "rows": rows, "elapsed_s": time.perf_counter() - started})
+    rows.sort(key=lambda r: (r["evaluations"], r["setting"]))
+    print(f"\nmodel: {settings['model']}; {n} Normal and {n} Lung Opacity phantoms at {size} px, seed {seed}")
+    print_table(rows, "All settings (image AUROC from the raw map's 99.5th percentile in the lungs):")
+    print_table(frontier(rows), "The frontier: no setting measured here is better for as few evaluations:")
+    print(f"\n{time.perf_counter() - started:.0f} s; load average before {load_before}, after {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""benchmarks/bench_evaluations.py: the UNet evaluations it charges per image are the ones the UNet really runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import runner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from bench_evaluations import Setting, evaluations_per_image, frontier, steps_for  # noqa: E402
+
+dva_run = runner(seed=1)
+
+SETTINGS = (
+    Setting("sdedit", 0.5, 8, 4.0, "input", "pndm"),  # PNDM repeats one timestep
+    Setting("sdedit", 0.5, 6, 4.0, "reconstruction", "dpm-solver++", samples=2),
+    Setting("sdedit", 0.5, 6, 1.0, "input", "unipc"),  # no classifier-free guidance: one evaluation per call
+    Setting("ddim-inversion", 0.6, 7, 4.0, "reconstruction"),  # the reconstruction reuses the inversion
+    Setting("ddim-inversion", 0.6, 7, 1.0, "input"),
+)
+
+
+@pytest.fixture
+def unet_evaluations(monkeypatch):
+    """A counter of the images the UNet's forward saw (one per entry of each batch it was called on)."""
+    from diffusers import UNet2DConditionModel
+
+    seen = {"images": 0}
+    forward = UNet2DConditionModel.forward
+
+    def counting(self, sample, *args, **kwargs):
+        seen["images"] += sample.shape[0]
+        return forward(self, sample, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "forward", counting)
+    return seen
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.label)
+def test_the_evaluations_charged_per_image_are_what_the_unet_ran(setting, catalogue, tiny_sd, images, tmp_path,
+                                                                   unet_evaluations):
+    out = tmp_path / "out"
+    result = dva_run(catalogue, images[:2], out, model=str(tiny_sd), **setting.overrides())
+    assert result.count("failed") == 0
+    header = json.loads((out / "manifest.json").read_text())
+    charged = evaluations_per_image(setting.prior, header["unet_calls"], setting.guidance_scale, setting.reference,
+                                    setting.samples)
+    assert unet_evaluations["images"] == 2 * charged
+
+
+def test_the_thesis_setting_costs_128_evaluations_and_the_step_count_gives_the_calls_asked_for():
+    assert evaluations_per_image("sdedit", 64, 7.5, "input", 1) == 128  # PNDM, 75 steps, strength 0.85
+    assert evaluations_per_image("ddim-inversion", 2 * 4, 4.0, "reconstruction", 1) == 16
+    assert [int(steps_for(0.6, calls) * 0.6) for calls in (1, 2, 3, 4, 16)] == [1, 2, 3, 4, 16]
+
+
+def test_the_frontier_keeps_only_settings_nothing_beats_for_as_few_evaluations():
+    rows = [{"setting": name, "evaluations": cost, "auprc": quality, "calibrated": False}
+            for name, cost, quality in (("a", 4, 0.3), ("b", 8, 0.2), ("c", 16, 0.5), ("d", 128, 0.45))]
+    rows.append({"setting": "c, calibrated", "evaluations": 16, "auprc": 0.9, "calibrated": True})
+    assert [row["setting"] for row in frontier(rows)] == ["a", "c"]
