@@ -275,7 +275,6 @@ def _min_max(values: np.ndarray) -> np.ndarray:
 def _read_dicom(path: Path, data: bytes) -> np.ndarray:
     """DICOM pixels through the modality LUT (slope/intercept) and VOI window; MONOCHROME1 inverted."""
     import pydicom
-    from pydicom.pixels import apply_modality_lut
 
     try:
         dataset = pydicom.dcmread(_io.BytesIO(data))
@@ -320,16 +319,25 @@ def _read_dicom(path: Path, data: bytes) -> np.ndarray:
     if raw.ndim != 2:
         raise InputError(f"{path}: the DICOM image is not a single grayscale frame; export one.")
     try:
-        values = apply_modality_lut(raw, dataset).astype(np.float32)
-        pixels = _voi(values, dataset)
-        if pixels is None:
-            pixels = _min_max(values)
-        if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
-            pixels = 1.0 - pixels
+        pixels = dicom_intensities(raw, dataset)
     except Exception as error:  # a malformed rescale or LUT attribute
         raise InputError(
             f"{path}: the DICOM rescale or LUT attributes are damaged ({_reason(error)}); export it again."
         ) from error
+    return pixels
+
+
+def dicom_intensities(raw: np.ndarray, dataset) -> np.ndarray:
+    """Stored DICOM values as dva reads them: through the modality LUT (slope/intercept) and the VOI transform
+    (else the values' own range) to [0, 1], MONOCHROME1 inverted. Public so DICOM outputs can invert it."""
+    from pydicom.pixels import apply_modality_lut
+
+    values = apply_modality_lut(raw, dataset).astype(np.float32)
+    pixels = _voi(values, dataset)
+    if pixels is None:
+        pixels = _min_max(values)
+    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper() == "MONOCHROME1":
+        pixels = 1.0 - pixels
     return pixels.astype(np.float32, copy=False)
 
 
