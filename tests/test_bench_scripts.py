@@ -98,3 +98,15 @@ def test_bench_scale_quick_measures_memory_and_processes(tmp_path):
     payload = json.loads((tmp_path / "scale.json").read_text())
     assert [row["images"] for row in payload["memory"]] == [8, 16]
     assert [row["processes"] for row in payload["processes"]] == [1, 2]
+
+
+def test_bench_evaluations_quick_charges_each_setting_its_unet_evaluations(tmp_path):
+    out = run_script("bench_evaluations.py", "--quick", "--json", str(tmp_path / "evaluations.json"))
+    assert "The frontier" in out and "| UNet evaluations per image |" in out
+    rows = json.loads((tmp_path / "evaluations.json").read_text())["rows"]
+    # ddim-inversion 2 steps at strength 0.6, guidance 4, against the reconstruction: 1 + 2 + 1 evaluations;
+    # sdedit 2 steps at 0.55 without guidance: 1.
+    assert {row["setting"]: row["evaluations"] for row in rows if not row["calibrated"]} == {
+        "ddim-inversion 0.6, 2 steps, guidance 4 vs reconstruction": 4,
+        "sdedit 0.55, dpm-solver++ 2 steps, guidance 1": 1}
+    assert all(0 <= row["auprc"] <= 1 for row in rows)
