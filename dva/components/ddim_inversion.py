@@ -18,6 +18,9 @@ With a ``region`` option (a lung zone or a mask image: :mod:`dva.components.regi
 diffusion: after every denoising step the latents outside the region are reset to the inversion's own
 latents at that step (the input's latents at that noise level, deterministic), so the last step leaves the
 input's latents outside the region and only the region changes.
+
+With ``request.tiling`` (``--tile``) the full-size inputs are encoded, inverted, denoised and decoded whole, every
+UNet call made in blended tiles (:mod:`dva.components.tiling`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from dva.components.regions import Region, blend, latent_mask, request_lungs
+from dva.components.tiling import TiledUNet, tile_grid, vae_tiles
 from dva.core.contracts import GenerateRequest, ModelParts
 
 INVERSION_EMBEDDINGS = ("unconditional", "prompt")
@@ -38,6 +42,7 @@ class DDIMInversionPrior:
 
     name = "ddim-inversion"
     deterministic = True  # the seed does not matter: dva run refuses --samples above 1 for it
+    supports_tiling = True
 
     def __init__(self, strength: float = 0.6, inversion: str = "unconditional", region: str = "") -> None:
         self.strength = strength
@@ -46,6 +51,7 @@ class DDIMInversionPrior:
         self.parts: ModelParts | None = None
         self.scheduler: Any = None
         self.inverse_scheduler: Any = None
+        self.tiled: TiledUNet | None = None  # the current request's tiled UNet call (--tile), else None
         # The last inversion, reused when the same inputs come back (--reference reconstruction asks for a
         # second, unconditional denoising of the very inputs just inverted): (inputs, embedding, steps, start,
         # the latents before each inversion step).
@@ -74,6 +80,10 @@ class DDIMInversionPrior:
         self.parts = parts
         self.scheduler = DDIMScheduler.from_config(config, **overrides)
         self.inverse_scheduler = DDIMInverseScheduler.from_config(config, **overrides)
+
+    def tile_grid(self) -> tuple[int, int]:
+        """(pixels per latent cell, pixels a tile side must be a multiple of) of the loaded model (``--tile``)."""
+        return tile_grid(self.parts.unet, self.parts.vae)
 
     def condition(self, images: np.ndarray) -> np.ndarray | None:
         """No extra conditioning image."""
@@ -105,6 +115,8 @@ class DDIMInversionPrior:
                guidance_scale: float) -> torch.Tensor:
         """The UNet's noise prediction, with classifier-free guidance when ``negative`` is given."""
         parts = self.parts
+        if self.tiled is not None:
+            return self.tiled(latents, t, embeds, negative, guidance_scale)
         if negative is None:
             return parts.unet(latents.to(parts.dtype), t, encoder_hidden_states=embeds).sample.float()
         both = parts.unet(torch.cat([latents] * 2).to(parts.dtype), t, encoder_hidden_states=torch.cat([negative, embeds])).sample
@@ -149,13 +161,18 @@ class DDIMInversionPrior:
     def generate(self, request: GenerateRequest) -> torch.Tensor:
         """Counterfactuals ``(B, 3, H, W)`` in [0, 1]; the request's generators are unused (nothing is drawn)."""
         r = request
+        tiling = getattr(r, "tiling", None)
+        if tiling != getattr(self.tiled, "tiling", None):
+            self._last = None  # an inversion made in other tiles is not this request's
+        self.tiled = None if tiling is None else TiledUNet(self.parts.unet, tiling)
         inversion_embeds = r.negative_embeds if self.inversion == "unconditional" else r.prompt_embeds
-        start = self.start(r.images, inversion_embeds, r.steps)
-        keep = None
-        if self.region:
-            pixels = self.region.pixels(request_lungs(r), r.images.shape[0], tuple(r.images.shape[-2:]))
-            keep = (self._last[4], latent_mask(pixels, tuple(start.shape[-2:])).to(start.device))
-        return self.decode(self.denoise(start, r.prompt_embeds, r.negative_embeds, r.steps, r.guidance_scale, keep))
+        with vae_tiles(self.parts.vae) if tiling is not None else _untiled():
+            start = self.start(r.images, inversion_embeds, r.steps)
+            keep = None
+            if self.region:
+                pixels = self.region.pixels(request_lungs(r), r.images.shape[0], tuple(r.images.shape[-2:]))
+                keep = (self._last[4], latent_mask(pixels, tuple(start.shape[-2:])).to(start.device))
+            return self.decode(self.denoise(start, r.prompt_embeds, r.negative_embeds, r.steps, r.guidance_scale, keep))
 
     def start(self, images: torch.Tensor, inversion_embeds: torch.Tensor, steps: int) -> torch.Tensor:
         """The inverted latents of ``images``; the previous call's when it inverted the same inputs the same way."""
@@ -167,3 +184,10 @@ class DDIMInversionPrior:
         start = self.invert(self.encode(images), inversion_embeds, steps, trajectory)
         self._last = (images.clone(), inversion_embeds.clone(), steps, start, trajectory)
         return start
+
+
+def _untiled() -> Any:
+    """A context that changes nothing (the VAE as it is)."""
+    import contextlib
+
+    return contextlib.nullcontext()

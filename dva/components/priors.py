@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from dva.components.regions import Region, blend, latent_mask, request_lungs
+from dva.components.tiling import TiledUNet, tile_grid, vae_tiles
 from dva.core.contracts import GenerateRequest, ModelParts
 from dva.core.errors import ConfigError
 
@@ -37,9 +38,14 @@ class SDEditPrior:
     With a ``region`` (a lung zone or a mask image: :mod:`dva.components.regions`), blended latent diffusion:
     after every step the latents outside the region are reset to the input's latents (the VAE posterior's
     mode) noised to the next step's time, as diffusers' inpainting pipeline does, so only the region changes.
+
+    With ``request.tiling`` (``--tile``) the full-size inputs are denoised in blended tiles
+    (:mod:`dva.components.tiling`): the pipeline's own steps (preprocessing, timesteps, VAE posterior sample
+    and noise from each image's generator, the scheduler's step, decoding) around a tiled UNet call.
     """
 
     name = "sdedit"
+    supports_tiling = True
 
     def __init__(self, strength: float = 0.85, region: str = "") -> None:
         self.strength = strength
@@ -60,6 +66,10 @@ class SDEditPrior:
     def condition(self, images: np.ndarray) -> np.ndarray | None:
         """The extra conditioning image per input (None for SDEdit)."""
         return None
+
+    def tile_grid(self) -> tuple[int, int]:
+        """(pixels per latent cell, pixels a tile side must be a multiple of) of the loaded model (``--tile``)."""
+        return tile_grid(self.pipeline.unet, self.pipeline.vae)
 
     def unet_calls(self, steps: int) -> int:
         """Denoising UNet evaluations per image (before classifier-free guidance doubling)."""
@@ -97,6 +107,8 @@ class SDEditPrior:
     @torch.no_grad()
     def generate(self, request: GenerateRequest) -> torch.Tensor:
         """Counterfactuals ``(B, 3, H, W)`` in [0, 1] for the request's inputs ``(B, 3, H, W)`` in [0, 1]."""
+        if request.tiling is not None:
+            return self._generate_tiled(request)
         batch = request.images.shape[0]
         blending = self._blending(request) if self.region else {}
         result = self.pipeline(
@@ -112,6 +124,34 @@ class SDEditPrior:
             **blending,
         )
         return result.images.float().cpu()
+
+    def _tiled_unet(self, request: GenerateRequest) -> tuple[TiledUNet, torch.Tensor | None]:
+        """The tiled noise prediction for ``request`` and the full-size images it is conditioned on (none here)."""
+        return TiledUNet(self.pipeline.unet, request.tiling), None
+
+    @torch.no_grad()
+    def _generate_tiled(self, request: GenerateRequest) -> torch.Tensor:
+        """``generate`` at the inputs' own size: the img2img pipeline's steps with a :class:`TiledUNet`."""
+        pipe, r = self.pipeline, request
+        device, batch = pipe._execution_device, r.images.shape[0]
+        embeds = r.prompt_embeds.to(device).expand(batch, -1, -1)
+        negative = r.negative_embeds.to(device).expand(batch, -1, -1) if r.guidance_scale > 1 else None
+        unet, control = self._tiled_unet(r)
+        with vae_tiles(pipe.vae):
+            keep = self._blending(r)["callback_on_step_end"] if self.region else None
+            pipe.scheduler.set_timesteps(r.steps, device=device)
+            timesteps, _ = pipe.get_timesteps(r.steps, self.strength, device)
+            latents = pipe.prepare_latents(pipe.image_processor.preprocess(r.images), timesteps[:1].repeat(batch),
+                                           batch, 1, embeds.dtype, device, r.generators)
+            step_kwargs = pipe.prepare_extra_step_kwargs(r.generators, 0.0)
+            for index, t in enumerate(timesteps):
+                noise = unet(pipe.scheduler.scale_model_input(latents, t), t, embeds, negative, r.guidance_scale, control)
+                latents = pipe.scheduler.step(noise.to(latents.dtype), t, latents, **step_kwargs, return_dict=False)[0]
+                if keep is not None:
+                    latents = keep(pipe, index, t, {"latents": latents})["latents"]
+            decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False,
+                                      generator=r.generators)[0]
+        return pipe.image_processor.postprocess(decoded, output_type="pt").float().cpu()
 
 
 class ControlNetCannyPrior(SDEditPrior):
@@ -167,3 +207,11 @@ class ControlNetCannyPrior(SDEditPrior):
         if conditions is None:
             raise ValueError("controlnet-canny needs its condition images")
         return {"control_image": conditions, "controlnet_conditioning_scale": self.conditioning_scale}
+
+    def _tiled_unet(self, request: GenerateRequest) -> tuple[TiledUNet, torch.Tensor | None]:
+        """The tiled prediction with the ControlNet steering each tile by its crop of the full-size edge map."""
+        if request.condition is None:
+            raise ValueError("controlnet-canny needs its condition images")
+        pipe = self.pipeline
+        unet = TiledUNet(pipe.unet, request.tiling, pipe.controlnet, self.conditioning_scale)
+        return unet, request.condition.to(pipe._execution_device)

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from dva.core.tiles import Tiling
+
 MIN_SIDE = 16  # the fewest pixels on a side of an image dva reads; readers refuse smaller ones (InputError)
 
 # -- data a prior exchanges ---------------------------------------------------------------------------
@@ -42,7 +44,8 @@ class GenerateRequest:
     counterfactual does not depend on its batch), the sampler's steps and guidance scale, and the
     prior's own condition images ``(B, 3, H, W)`` (from its ``condition``; None when it has none), and
     the inputs' lung masks ``(B, H, W)`` in {0, 1} from ``--mask`` (None without; a prior's ``region``
-    option cuts lung zones from them)."""
+    option cuts lung zones from them), and with ``--tile`` how to denoise the inputs, which are then at
+    the scan's own size, in blended model-sized tiles (:class:`dva.core.tiles.Tiling`)."""
 
     images: torch.Tensor
     prompt_embeds: torch.Tensor
@@ -52,6 +55,7 @@ class GenerateRequest:
     guidance_scale: float
     condition: torch.Tensor | None = None
     lungs: torch.Tensor | None = None
+    tiling: Tiling | None = None  # --tile: denoise the full-size inputs in blended tiles (a prior's supports_tiling)
 
 
 # -- data a modality exchanges ------------------------------------------------------------------------
@@ -159,7 +163,9 @@ class Prior(Protocol):
     also sets the class attribute ``deterministic = True``, and ``dva run`` then refuses ``--samples``
     above 1 for it. A prior that needs each image's mask (as ``request.lungs``) says why in an attribute
     ``needs_mask`` (a clause); ``dva run`` then refuses to run without ``--mask`` and fails an input that
-    has none.
+    has none. A prior that can denoise full-resolution inputs in tiles (``--tile``) sets ``supports_tiling =
+    True``, offers ``tile_grid()`` (pixels per latent cell, pixels a tile side must be a multiple of) and
+    honours ``request.tiling``; ``dva run`` refuses ``--tile`` for any other.
     """
 
     def load(self, parts: ModelParts) -> None:

@@ -149,8 +149,16 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             doc="text steered away from (and the unconditional side of guidance)"),
     Setting("seed", Option(int, 0, "Seed of each image's own generator.", 0, 2**63 - 1), "--seed",
             doc="seed of each image's own generator"),
-    Setting("batch_size", Option(int, 1, "Images per batch (results do not depend on it).", 1, 4096), "--batch-size",
-            outputs=False, doc="images per batch; outputs do not depend on it"),
+    Setting("batch_size", Option(int, 1, "Images per batch, or tiles per UNet call with --tile (results do not depend "
+            "on it).", 1, 4096), "--batch-size",
+            outputs=False, doc="images per batch (with `--tile`: tiles per UNet call); outputs do not depend on it"),
+    Setting("tile", Option(str, "off", "Full resolution: denoise overlapping tiles of the whole scan, blended at "
+            "every step: off, auto (tiles of the model's size) or a tile side in pixels."), "--tile",
+            doc="`off`: counterfactuals at the model's size; `auto` or a side in pixels: at the scan's own "
+            "resolution, from overlapping tiles blended at every step (MultiDiffusion; see "
+            "[usage.md](usage.md#full-resolution-tiling))"),
+    Setting("tile_overlap", Option(float, 0.5, "Fraction of a tile's side its neighbours share (--tile).", 0.0, 0.95),
+            "--tile-overlap", doc="fraction of a tile's side its neighbours share (with `--tile`)"),
     Setting("samples", Option(int, 1, "Counterfactuals per image (seeds seed..seed+K-1); the map comes from their "
             "mean, "
             "and uncertainty.png shows their per-pixel standard deviation.", 1, 64), "--samples",

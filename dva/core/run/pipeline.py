@@ -61,7 +61,8 @@ def run(
         events.started(plan.total)
         for job in plan.failed:
             ledger.failed(job)
-        reader = InputReader(out, plan.modality, recipe.modality_options, runtime.resolution, mask, mask_needed)
+        reader = InputReader(out, plan.modality, recipe.modality_options, runtime.resolution, mask, mask_needed,
+                             sampler.tiling)
         default_threads = 0 if runtime.device.type == "cpu" else 2
         make_images(plan, reader, sampler, ledger, calibration,
                     default_threads if writer_threads is None else writer_threads,

@@ -18,6 +18,7 @@ from dva.core.errors import ConfigError
 from dva.core.registry import Recipe
 from dva.core.run.jobs import ImageJob
 from dva.core.shards import Shard, current_shard
+from dva.core.tiles import NOT_TILED, parse_tile
 
 MISSING_MASK = "--mask {mask}: no such file or folder; pass a mask image or a folder of masks named like the inputs."
 
@@ -52,6 +53,7 @@ def plan_run(recipe: Recipe, inputs: list[str] | io.InputWalk, out: Path, catalo
     if mask is not None and not Path(mask).exists():
         raise ConfigError(MISSING_MASK.format(mask=mask))
     check_samples(recipe, catalogue)
+    check_tiling(recipe, catalogue)
     shard = current_shard(recipe.device)
     keys = output_keys(files, extensions)
     failed = [ImageJob(path, path.name, "failed", message) for path, message in missing] if shard.is_main else []
@@ -66,6 +68,14 @@ def check_samples(recipe: Recipe, catalogue: Any) -> None:
             f"--samples {recipe.samples}: the prior '{recipe.prior}' is deterministic, so every sample would be the "
             "same; drop --samples or use a stochastic prior such as sdedit."
         )
+
+
+def check_tiling(recipe: Recipe, catalogue: Any) -> None:
+    """``--tile``'s value, and a prior that can denoise in tiles (the tile's size is checked once the model loads)."""
+    if parse_tile(getattr(recipe, "tile", "off")) is None:
+        return
+    if not getattr(catalogue.get("prior", recipe.prior).resolve(), "supports_tiling", False):
+        raise ConfigError(NOT_TILED.format(prior=recipe.prior))
 
 
 def output_keys(paths: list[Path], extensions: tuple[str, ...] = io.SUPPORTED_EXTENSIONS) -> list[str]:

@@ -20,6 +20,7 @@ from dva.core.errors import ConfigError, InputError
 from dva.core.modality import read_input
 from dva.core.run.jobs import ImageJob
 from dva.core.run.plan import MISSING_MASK
+from dva.core.tiles import Tiling, working_side
 
 NO_MASK_FOR_INPUT = "no mask named like this input in {mask}: its map covers the whole image, not the lungs"
 
@@ -37,15 +38,16 @@ class InputReader:
     """Reads one ``(path, key)`` of the plan into a :class:`ReadInput`; raises InputError for that input alone."""
 
     def __init__(self, out: Path, modality: Any, options: dict[str, Any], resolution: int, mask: str | None,
-                 mask_needed: str | None = None) -> None:
+                 mask_needed: str | None = None, tiling: Tiling | None = None) -> None:
         self.out, self.modality, self.options = out, modality, options
         self.resolution, self.mask = resolution, mask
         self.mask_needed = mask_needed  # why the prior needs each image's mask (its ``needs_mask``), else None
+        self.tiling = tiling  # --tile: each image is fitted at its own size (dva.core.tiles.working_side)
 
     def __call__(self, item: tuple[Path, str]) -> ReadInput:
         started = time.perf_counter()
         path, key = item
-        source, jobs = expand(path, key, self.modality, self.options, self.resolution, self.mask)
+        source, jobs = expand(path, key, self.modality, self.options, self.resolution, self.mask, self.tiling)
         if self.mask_needed and any(job.model_mask is None for job in jobs):
             raise InputError(f"{path}: {self.mask_needed}, but --mask {self.mask} has no mask for this input; "
                              "add its mask, or run it without --region.")
@@ -65,7 +67,8 @@ class InputReader:
 
 
 def expand(
-    path: Path, key: str, modality: Any, options: dict[str, Any], resolution: int, mask: str | None
+    path: Path, key: str, modality: Any, options: dict[str, Any], resolution: int, mask: str | None,
+    tiling: Tiling | None = None,
 ) -> tuple[ScanInput, list[ImageJob]]:
     """Read one input with its modality into one job per image (``key`` or ``key/name``); raises InputError."""
     mask_path = find_mask(mask, path, modality.extensions or io.SUPPORTED_EXTENSIONS)
@@ -76,7 +79,10 @@ def expand(
     jobs = []
     for image in source.images:
         job = ImageJob(path, f"{key}/{image.name}" if image.name else key, mask_path=mask_path, warnings=list(notes))
-        fit(job, source, image, resolution)
+        side, note = working_side(image.pixels.shape[:2], tiling, resolution)
+        if note:
+            job.warnings.append(note)
+        fit(job, source, image, side)
         jobs.append(job)
     return source, jobs
 

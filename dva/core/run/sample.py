@@ -3,7 +3,8 @@
 ``--samples K`` makes each image K entries of one prior call: sample k of image i is entry ``i * K + k``,
 drawn with its own CPU generator seeded ``seed + k``, so an image's outputs depend neither on its batch
 nor on the process that makes it. ``--reference reconstruction`` calls the prior a second time from the
-same noise, unconditional and unguided.
+same noise, unconditional and unguided. ``--tile`` hands the prior each image at its own size (the reader
+fitted it so), one image per call: ``--batch-size`` then counts the tiles of one UNet call.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dva.core import attribution
 from dva.core.contracts import GenerateRequest
 from dva.core.registry import Recipe
 from dva.core.run.jobs import Generated, ImageJob
+from dva.core.tiles import tiling_for
 
 if TYPE_CHECKING:
     import torch
@@ -35,6 +37,9 @@ class Sampler:
         self.samples = recipe.samples
         # A call holds batch_size // K images (at least one), so it holds about batch_size entries.
         self.images_per_call = max(1, recipe.batch_size // self.samples)
+        self.tiling = tiling_for(recipe, self.prior, runtime.resolution)
+        if self.tiling is not None:  # images differ in size: one per call, --batch-size tiles per UNet call
+            self.images_per_call = 1
         self._lungs: torch.Tensor | None = None  # the current batch's lung masks, for a prior's region option
 
     def sample(self, batch: list[ImageJob]) -> list[Generated | None]:
@@ -80,7 +85,7 @@ class Sampler:
         generators = [torch.Generator("cpu").manual_seed(self.recipe.seed + k)
                       for _ in range(count) for k in range(self.samples)]
         request = GenerateRequest(images, prompt, self.negative, generators, self.recipe.steps, guidance_scale,
-                                  condition, self._lungs)
+                                  condition, self._lungs, self.tiling)
         return self.prior.generate(request).permute(0, 2, 3, 1).numpy()
 
     def _one(self, index: int, job: ImageJob, counterfactuals: np.ndarray, references: np.ndarray | None,
