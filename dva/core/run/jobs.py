@@ -41,6 +41,7 @@ class ImageJob:
     mask_path: Path | None = None
     seconds: float = 0.0
     name: str = ""  # the image's name within its file ("" when the file is one image)
+    kind: str = ""  # what the input file is, as its reader says ("dicom", "png", ...)
     samples: int = 1  # counterfactuals averaged into this image's outputs (--samples)
     warnings: list[str] = field(default_factory=list)  # what the user should know about this image's result
     score: float | None = None  # the image-level abnormality score (a calibrated model's run only)

@@ -106,6 +106,7 @@ def find_mask(mask: str | None, image: Path, extensions: tuple[str, ...] = io.SU
 def fit(job: ImageJob, source: ScanInput, image: ScanImage, resolution: int) -> None:
     """Fill ``job`` with one image of ``source`` fitted to the model (and its mask, if any)."""
     job.sha256 = source.sha256
+    job.kind = source.kind
     job.name = image.name
     job.original_size = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
     io.check_fits_in_memory(source.path, *job.original_size)

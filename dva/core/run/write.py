@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from dva.core import attribution, io, manifest, outputs
+from dva.core import attribution, dicom_outputs, io, manifest, outputs
 from dva.core import calibration as calibration_module
 from dva.core.calibration import Calibration
 from dva.core.errors import ConfigError, InputError, machine_error
@@ -66,6 +66,9 @@ def write_outputs(folder: Path, job: ImageJob, generated: Generated,
     data = tensor_file(job, generated, maps, spread)
     io.atomic_write_bytes(folder / "attribution.safetensors", data)
     written["attribution.safetensors"] = manifest.checksum(data)
+    if job.kind == "dicom" and not job.name:  # the counterfactual and map in the input's study, for DICOM viewers
+        written.update(dicom_outputs.write_dicom_outputs(folder, job.path, job.sha256, maps.full_counterfactual.mean(
+            axis=-1), maps.full_signed, maps.scale, files.get("fullsize/overlay.png"), job.warnings))
     return written
 
 
