@@ -99,6 +99,8 @@ def map_measures(evaluation: Any) -> dict:
         "dice_otsu": mean(opacity, "dice_otsu"), "best_dice": mean(opacity, "best_dice"),
         "null_ratio": mean(normal, "lung_energy") / abnormal_energy if abnormal_energy > 0 else float("nan"),
         **image_level,
+        # each Lung Opacity phantom's AUPRC, so settings measured on the same phantoms can be compared pairwise
+        "auprc_per_image": {Path(r["input"]).stem: r["auprc"] for r in opacity},
     }
 
 
