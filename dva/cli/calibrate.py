@@ -43,7 +43,9 @@ def calibrate(inputs: tuple[str, ...], entry: str, registries: tuple[str, ...], 
         folder, made = make_calibration(recipe, walked, catalogue, mask, events=progress)
     finally:
         progress.stop()
-    scores = made.info["healthy_scores"]
-    console.print(f"calibrated on {made.info['images']} healthy images (recipe key {made.info['recipe_key']}): "
-                  f"{folder}; healthy scores mean {scores['mean']:.3g}, 95th percentile {scores['p95']:.3g}")
+    info = made.info
+    console.print(f"calibrated on {info['images']} healthy images (recipe key {info['recipe_key']}): {folder}; "
+                  f"calibrated maps start {info['threshold']:.3g} healthy standard deviations above the healthy "
+                  f"mean ({info['healthy_share']:.0%} of healthy pixels lie beyond); the healthy scans' own scores "
+                  f"reach {info['healthy_scores']['p95']:.3g} at their 95th percentile")
     return 0

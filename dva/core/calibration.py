@@ -1,19 +1,30 @@
 """Normative calibration: what a model's maps look like on healthy scans, and how far a map exceeds it.
 
-``dva calibrate`` runs a model's own recipe on healthy scans and keeps, in the model folder
-(``calibration/calibration.safetensors`` and ``calibration/calibration.json``), the per-pixel mean and standard
-deviation of ``|map|`` at the model's size, and the image-level scores of the healthy scans themselves. The
-background a map has on every scan (what the VAE cannot reproduce, resampled texture, guidance) is then
-known pixel by pixel. ``dva run`` with a matching calibration writes the **calibrated map**
+A raw map is never zero, even on a healthy scan (what the VAE cannot reproduce, resampled texture,
+guidance). ``dva calibrate`` runs a model's own recipe on healthy scans and keeps that background, per pixel
+at the model's size, in the model folder (``calibration/calibration.safetensors``, described by
+``calibration/calibration.json``). ``dva run`` with a matching calibration then standardises each map,
 
-    z = max(0, (|map| - mean) / max(std, STD_FLOOR × median std))
+    z = (|smooth(map)| - healthy mean) / max(healthy std, median healthy std)       (per pixel)
 
-(how many healthy standard deviations a pixel's change exceeds what healthy scans show there), and the
-**image-level abnormality score**, the mean of the top ``TOP_FRACTION`` of z inside the mask.
+(``smooth``: a Gaussian of sigma ``SMOOTHING`` × the map's side, one latent cell of Stable Diffusion), and writes
+
+* the **calibrated map** ``max(0, z - k)``: how far each pixel's change exceeds what healthy scans show there.
+  ``k`` is chosen on the calibration scans alone: the z that ``HEALTHY_SHARE`` of their pixels exceed, each
+  scan measured against the statistics of the others (left out in turn, so ``k`` is what an unseen healthy
+  scan shows). A healthy scan's calibrated map is then zero but for a few specks;
+* the **image-level abnormality score**: the scan's *focal excess* (the mean of the top ``TOP_FRACTION`` of z
+  inside the mask less z's upper quartile there, so a scan the model reproduces worse all over does not score as
+  a lesion), in standard deviations of the healthy calibration scans' focal excess above their mean (each
+  again left out in turn): about 0 on healthy scans, 2 and more is beyond 97% of them.
+
+What was measured, and what did not help (signed statistics, per-zone or median/MAD statistics, dividing each
+map by its own level): docs/benchmarks.md, "Calibrated maps".
 
 A calibration belongs to one recipe: :func:`recipe_key` hashes what decides a map (the recipe less the seed,
 the device, the precision and the batch size; the prompt; the model's weights less the calibration itself).
-A run with another key never uses it (``calibration = "require"`` refuses to run).
+A run with another key, or a calibration of another ``FORMAT_VERSION``, never uses it (``calibration =
+"require"`` refuses to run).
 """
 
 from __future__ import annotations
@@ -32,15 +43,20 @@ from dva.core.io import atomic_write_bytes, atomic_write_text
 FOLDER = "calibration"
 TENSORS = "calibration.safetensors"
 INFO = "calibration.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: statistics of the smoothed |map|, the threshold k and the healthy scans' focal excess
 MODES = ("auto", "require", "off")
-TOP_FRACTION = 0.01  # the score: mean of the top 1% of calibrated values inside the mask
+SMOOTHING = 1 / 64  # Gaussian sigma as a share of the map's side: 1 px at 64 px, 8 px (a latent cell) at 512 px
 STD_FLOOR = 1.0  # a pixel's std is at least the median std (measured: pixel AUPRC +0.03 to +0.05 over 0.5)
-HEATMAP_SCALE = 4.0  # calibrated.png: z = 4 healthy standard deviations is full colour
-SCORE_METHOD = (f"mean of the top {TOP_FRACTION:.0%} of the calibrated map inside the mask; calibrated map = "
-                f"max(0, (|map| - healthy mean) / max(healthy std, {STD_FLOOR} x median healthy std)), per pixel")
+HEALTHY_SHARE = 0.05  # k: the z that this share of the healthy calibration pixels exceed
+TOP_FRACTION = 0.01  # the focal excess: mean of the top 1% of z inside the mask ...
+BACKGROUND_PERCENTILE = 75.0  # ... less this percentile of z there (the scan's own background level)
+HEATMAP_SCALE = 3.0  # calibrated.png: 3 healthy standard deviations beyond k is full colour
+SCORE_METHOD = (f"focal excess (mean of the top {TOP_FRACTION:.0%} of z inside the mask less its upper quartile) "
+                "in healthy calibration scans' standard deviations above their mean; calibrated map = max(0, z - k), "
+                "z = (|smoothed map| - healthy mean) / max(healthy std, median healthy std) per pixel, k exceeded by "
+                f"{HEALTHY_SHARE:.0%} of healthy calibration pixels")
 # Recipe keys that do not make a calibration another one: a map's statistics over many scans do not depend on them.
-NOT_IN_KEY = ("seed", "calibration", "device", "dtype", "model", "revision", "batch_size")
+NOT_IN_KEY = ("seed", "calibration", "device", "dtype", "model", "revision", "batch_size", "fullsize")
 
 
 def recipe_key(header: dict[str, Any]) -> str:
@@ -56,67 +72,105 @@ def recipe_key(header: dict[str, Any]) -> str:
     return manifest.fingerprint(recipe, {"prompt": header.get("prompt"), "weights": digest(weights)})
 
 
+def smoothed(signed: np.ndarray) -> np.ndarray:
+    """``signed`` under a Gaussian of sigma ``SMOOTHING`` × its side (scipy; edges repeat the nearest pixel).
+
+    A pixel's change alone is noisy (resampled texture); a lesion spans many pixels. Measured on the bundled
+    model: pixel AUPRC +0.03 to +0.07 and a steadier image score.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(np.asarray(signed, np.float64), SMOOTHING * max(signed.shape), mode="nearest")
+
+
+def focal_excess(z: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The mean of the top ``TOP_FRACTION`` of ``z`` inside ``mask`` less its ``BACKGROUND_PERCENTILE``."""
+    values = z[mask] if mask is not None and mask.any() else z.ravel()
+    count = max(1, int(round(TOP_FRACTION * values.size)))
+    return float(np.sort(values)[-count:].mean() - np.percentile(values, BACKGROUND_PERCENTILE))
+
+
 @dataclass
 class Calibration:
-    """Per-pixel statistics of ``|map|`` over healthy scans (model size) and the healthy scans' scores."""
+    """Per-pixel statistics of ``|smoothed map|`` over healthy scans (model size), the threshold ``k`` and the
+    healthy scans' focal excess (each scan against the others' statistics)."""
 
     mean: np.ndarray
-    std: np.ndarray
-    healthy_scores: np.ndarray
+    std: np.ndarray  # floored (:func:`floored`)
+    threshold: float
+    healthy_focal: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
 
-    def calibrated(self, signed: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        """How far each pixel's ``|map|`` exceeds the healthy scans' (in their standard deviations), zero outside
-        ``mask``."""
+    def standardised(self, signed: np.ndarray) -> np.ndarray:
+        """z: how many healthy standard deviations each pixel's smoothed ``|map|`` lies above the healthy mean."""
         if signed.shape != self.mean.shape:
             raise ConfigError(f"The calibration is for {self.mean.shape[1]}x{self.mean.shape[0]} maps, this map is "
                               f"{signed.shape[1]}x{signed.shape[0]}; recalibrate with dva calibrate.")
-        z = np.maximum(0.0, (np.abs(signed) - self.mean) / floored(self.std))
-        return (z if mask is None else np.where(mask, z, 0.0)).astype(np.float32)
+        return (np.abs(smoothed(signed)) - self.mean) / self.std
+
+    def assess(self, signed: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """The calibrated map ``max(0, z - k)`` (zero outside ``mask``) and the image's abnormality score."""
+        z = self.standardised(signed)
+        calibrated = np.maximum(0.0, z - self.threshold)
+        calibrated = calibrated if mask is None else np.where(mask, calibrated, 0.0)
+        return calibrated.astype(np.float32), self.score(focal_excess(z, mask))
+
+    def score(self, focal: float) -> float:
+        """A focal excess in standard deviations of the healthy scans' focal excess above their mean."""
+        spread = float(self.healthy_focal.std(ddof=1)) if self.healthy_focal.size > 1 else 0.0
+        return (focal - float(self.healthy_focal.mean())) / (spread if spread > 0 else 1.0)
 
     def percentile(self, score: float) -> float:
         """The share of the healthy calibration scans scoring below ``score`` (0 to 1)."""
-        return float(np.mean(self.healthy_scores < score)) if self.healthy_scores.size else float("nan")
+        healthy = [self.score(focal) for focal in self.healthy_focal]
+        return float(np.mean(np.asarray(healthy) < score)) if healthy else float("nan")
 
 
 def floored(std: np.ndarray) -> np.ndarray:
     """``std`` no lower than ``STD_FLOOR`` times its median over the pixels healthy maps ever changed."""
     moving = std[std > 0]
     floor = STD_FLOOR * float(np.median(moving)) if moving.size else 1.0
-    return np.maximum(std, max(floor, 1e-6)).astype(np.float32)
+    return np.maximum(std, max(floor, 1e-6))
 
 
-def score(calibrated: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """The image-level abnormality score: the mean of the top ``TOP_FRACTION`` of ``calibrated`` inside ``mask``."""
-    values = calibrated[mask] if mask is not None and mask.any() else calibrated.ravel()
-    count = max(1, int(round(TOP_FRACTION * values.size)))
-    return float(np.sort(values)[-count:].mean())
+def _statistics(total: np.ndarray, squares: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel mean and floored std from sums over the scans whose mask held the pixel; a pixel fewer than 2
+    scans held gets the mean and std of the others."""
+    mean = total / np.maximum(count, 1)
+    std = np.sqrt(np.maximum(squares - count * mean ** 2, 0.0) / np.maximum(count - 1, 1))
+    known = count >= 2
+    mean = np.where(known, mean, mean[known].mean() if known.any() else 0.0)
+    std = np.where(known, std, std[known].mean() if known.any() else 1.0)
+    return mean, floored(std)
 
 
 def compute(maps: list[tuple[np.ndarray, np.ndarray | None]], info: dict[str, Any]) -> Calibration:
     """The calibration from healthy scans' signed maps ``(map, mask or None)``, all at the model's size.
 
-    A pixel outside every mask (no healthy statistics) gets the mean and std of all pixels that had some.
+    ``k`` and the healthy focal excess come from each scan against the statistics of the others (leave one
+    out, from the sums), so they are what an unseen healthy scan shows, not what the scans show of themselves.
     """
-    if len(maps) < 2:
-        raise ConfigError("dva calibrate needs at least 2 healthy images; pass more.")
-    magnitudes = np.stack([np.abs(signed) for signed, _ in maps]).astype(np.float64)
+    if len(maps) < 3:
+        raise ConfigError("dva calibrate needs at least 3 healthy images; pass more (a few dozen suffice).")
+    magnitudes = np.stack([np.abs(smoothed(signed)) for signed, _ in maps])
     inside = np.stack([np.ones(signed.shape, bool) if mask is None else mask.astype(bool) for signed, mask in maps])
-    count = inside.sum(axis=0)
-    mean = np.where(count > 0, (magnitudes * inside).sum(axis=0) / np.maximum(count, 1), 0.0)
-    variance = ((magnitudes - mean) ** 2 * inside).sum(axis=0) / np.maximum(count - 1, 1)
-    std = np.sqrt(variance)
-    known = count >= 2
-    mean = np.where(known, mean, mean[known].mean() if known.any() else 0.0)
-    std = np.where(known, std, std[known].mean() if known.any() else 1.0)
-    calibration = Calibration(mean.astype(np.float32), std.astype(np.float32), np.zeros(0, np.float32), info)
-    calibration.healthy_scores = np.array(
-        [score(calibration.calibrated(signed, mask), mask) for signed, mask in maps], np.float32)
-    scores = calibration.healthy_scores
-    calibration.info.update(images=len(maps), score_method=SCORE_METHOD, format_version=FORMAT_VERSION,
-                            healthy_scores={"mean": float(scores.mean()), "p95": float(np.percentile(scores, 95)),
-                                            "max": float(scores.max())})
-    return calibration
+    held = magnitudes * inside
+    total, squares, count = held.sum(axis=0), (held * magnitudes).sum(axis=0), inside.sum(axis=0)
+    left_out_z, focal = [], []
+    for magnitude, scan_inside in zip(magnitudes, inside):
+        kept = magnitude * scan_inside
+        mean, std = _statistics(total - kept, squares - kept * magnitude, count - scan_inside)
+        z = (magnitude - mean) / std
+        left_out_z.append(z[scan_inside])
+        focal.append(focal_excess(z, scan_inside))
+    threshold = float(np.quantile(np.concatenate(left_out_z), 1.0 - HEALTHY_SHARE))
+    mean, std = _statistics(total, squares, count)
+    made = Calibration(mean.astype(np.float32), std.astype(np.float32), threshold, np.array(focal, np.float32), info)
+    scores = np.array([made.score(value) for value in focal])
+    made.info.update(images=len(maps), score_method=SCORE_METHOD, format_version=FORMAT_VERSION, threshold=threshold,
+                     healthy_share=HEALTHY_SHARE, smoothing=SMOOTHING,
+                     healthy_scores={"p95": float(np.percentile(scores, 95)), "max": float(scores.max())})
+    return made
 
 
 def save(model_folder: Path, calibration: Calibration) -> Path:
@@ -124,45 +178,74 @@ def save(model_folder: Path, calibration: Calibration) -> Path:
     from safetensors.numpy import save as save_tensors
 
     folder = Path(model_folder) / FOLDER
-    tensors = {"abs_mean": calibration.mean, "abs_std": calibration.std, "healthy_scores": calibration.healthy_scores}
-    atomic_write_bytes(folder / TENSORS, save_tensors(tensors, metadata={"recipe_key": calibration.info["recipe_key"]}))
+    tensors = {"mean": calibration.mean, "std": calibration.std, "healthy_focal": calibration.healthy_focal,
+               "threshold": np.array([calibration.threshold], np.float32)}
+    metadata = {"recipe_key": calibration.info["recipe_key"], "format_version": str(FORMAT_VERSION)}
+    atomic_write_bytes(folder / TENSORS, save_tensors(tensors, metadata=metadata))
     atomic_write_text(folder / INFO, json.dumps(calibration.info, indent=2, sort_keys=True) + "\n")
     return folder
 
 
-def load(model_location: str) -> Calibration | None:
-    """The calibration in a model folder, or None when it has none (or is no local folder)."""
+def stored_info(model_location: str) -> dict[str, Any] | None:
+    """What ``calibration.json`` in a model folder says, or None when the folder has no calibration."""
     folder = Path(model_location).expanduser() / FOLDER
     if not (folder / TENSORS).is_file():
         return None
+    try:
+        info = json.loads((folder / INFO).read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"The calibration in {folder} cannot be read ({error}); rerun dva calibrate.") from error
+    return info if isinstance(info, dict) else {}
+
+
+def stale(info: dict[str, Any], folder: str) -> str | None:
+    """Why a calibration of another format cannot be used (one clause), else None."""
+    version = info.get("format_version")
+    if version == FORMAT_VERSION:
+        return None
+    made = f"format {version}" if version is not None else "an unknown format"
+    return f"the calibration in {folder} is of {made}, and this dva reads format {FORMAT_VERSION} only"
+
+
+def load(model_location: str) -> Calibration | None:
+    """The calibration in a model folder, or None when it has none; one of another format is refused."""
+    info = stored_info(model_location)
+    if info is None:
+        return None
+    folder = Path(model_location).expanduser() / FOLDER
+    if (reason := stale(info, str(folder))) is not None:
+        raise ConfigError(f"T{reason[1:]}; rerun dva calibrate.")
     from safetensors.numpy import load_file
 
     try:
         tensors = load_file(str(folder / TENSORS))
-        info = json.loads((folder / INFO).read_text())
-        return Calibration(tensors["abs_mean"], tensors["abs_std"], tensors["healthy_scores"], info)
-    except (OSError, ValueError, KeyError) as error:
+        return Calibration(tensors["mean"], tensors["std"], float(tensors["threshold"][0]), tensors["healthy_focal"],
+                           info)
+    except (OSError, ValueError, KeyError, IndexError) as error:
         raise ConfigError(f"The calibration in {folder} cannot be read ({error}); rerun dva calibrate.") from error
 
 
 def for_run(header: dict[str, Any], mode: str) -> tuple[Calibration | None, dict[str, Any]]:
     """The calibration a run uses (or None) and what its manifest says about it.
 
-    ``mode``: ``auto`` uses the model folder's calibration when it was made with this recipe, ``require``
-    refuses to run without one, ``off`` uses none.
+    ``mode``: ``auto`` uses the model folder's calibration when it was made with this recipe (and this format),
+    ``require`` refuses to run without one, ``off`` uses none.
     """
     if mode == "off":
         return None, {"calibrated": False, "reason": "calibration off"}
     location = header["model"]["location"]
-    calibration = load(location)
+    info = stored_info(location)
     key = recipe_key(header)
-    if calibration is None:
+    if info is None:
         reason = f"the model folder {location} has no calibration (dva calibrate makes one)"
-    elif calibration.info.get("recipe_key") != key:
-        reason = (f"the calibration in {location} was made with another recipe ({calibration.info.get('entry')!r}, "
-                  f"key {calibration.info.get('recipe_key')}; this run's key is {key}), so it is not used")
+    elif (old := stale(info, location)) is not None:
+        reason = f"{old}, so it is not used (dva calibrate makes a new one)"
+    elif info.get("recipe_key") != key:
+        reason = (f"the calibration in {location} was made with another recipe ({info.get('entry')!r}, key "
+                  f"{info.get('recipe_key')}; this run's key is {key}), so it is not used")
     else:
-        return calibration, {"calibrated": True, "recipe_key": key, "images": calibration.info.get("images"),
+        calibration = load(location)
+        return calibration, {"calibrated": True, "recipe_key": key, "images": info.get("images"),
                              "score_method": SCORE_METHOD}
     if mode == "require":
         raise ConfigError(f"--calibration require: {reason}; run dva calibrate with this run's settings.")

@@ -26,18 +26,26 @@ from dva.core.run.jobs import Generated, ImageJob
 @dataclass
 class Maps:
     """One image's signed attribution map at the model's size and at the input's own size, on one heatmap
-    scale, with the full-size images they were taken from."""
+    scale, with the gray full-size images it was taken from (``full_base`` less ``full_counterfactual``)."""
 
     signed: np.ndarray
     full_signed: np.ndarray
     scale: float
-    full_input: np.ndarray
+    full_base: np.ndarray
     full_counterfactual: np.ndarray
     full_reference: np.ndarray | None
 
 
-def write_outputs(folder: Path, job: ImageJob, generated: Generated,
-                  calibration: Calibration | None = None) -> dict[str, dict[str, Any]]:
+# --fullsize: the full-size images written besides the counterfactual. Every full-size image but the
+# counterfactual is the model-size one resized (the model sees no more), and its values are in
+# attribution.safetensors; as PNGs they cost the most time at real scan sizes (docs/benchmarks.md).
+FULLSIZE_CHOICES = ("counterfactual", "all")
+FULLSIZE_DEFAULT = "counterfactual"
+COUNTERFACTUAL_16BIT = "fullsize/counterfactual-16bit.png"
+
+
+def write_outputs(folder: Path, job: ImageJob, generated: Generated, calibration: Calibration | None = None,
+                  fullsize: str = FULLSIZE_DEFAULT, maps: Maps | None = None) -> dict[str, dict[str, Any]]:
     """Write every output of one image; returns each file's name (relative to ``folder``) with its checksum.
 
     With ``generated.uncertainty`` (``--samples`` above 1) the per-pixel standard deviation of the samples'
@@ -45,71 +53,105 @@ def write_outputs(folder: Path, job: ImageJob, generated: Generated,
     into the safetensors. With ``generated.reference`` (``--reference reconstruction``) the map is
     ``reconstruction - counterfactual`` and ``reconstruction.png`` is written beside the counterfactual.
     With a ``calibration`` (:mod:`dva.core.calibration`) the calibrated map is written as ``calibrated.png`` and
-    into the safetensors, and ``job.score`` is set.
+    into the safetensors, and ``job.score`` is set. ``fullsize="all"`` writes every image at the input's size
+    too, the default only the counterfactual (and, for an input above 8 bits, its 16-bit version).
+    ``maps``: :func:`attribution_maps` of the image when the caller has them.
     """
-    maps = attribution_maps(job, generated)
-    files = image_files(job, generated, maps)
+    maps = maps or attribution_maps(job, generated)
+    everything = fullsize == "all"
+    files = image_files(job, generated, maps, everything)
     spread = {} if generated.uncertainty is None else uncertainty_maps(job, generated.uncertainty)
     if spread:
-        files["uncertainty.png"] = attribution.heatmap(spread["uncertainty"], maps.scale)
-        files["fullsize/uncertainty.png"] = attribution.heatmap(spread["uncertainty_fullsize"], maps.scale)
+        files["uncertainty.png"] = attribution.heatmap_rgb8(spread["uncertainty"], maps.scale)
+        if everything:
+            files["fullsize/uncertainty.png"] = attribution.heatmap_rgb8(spread["uncertainty_fullsize"], maps.scale)
     if calibration is not None:
         spread.update(calibrated_maps(job, maps, calibration))
-        files["calibrated.png"] = attribution.heatmap(spread["calibrated"], calibration_module.HEATMAP_SCALE)
-        files["fullsize/calibrated.png"] = attribution.heatmap(spread["calibrated_fullsize"],
-                                                               calibration_module.HEATMAP_SCALE)
+        files["calibrated.png"] = attribution.heatmap_rgb8(spread["calibrated"], calibration_module.HEATMAP_SCALE)
+        if everything:
+            files["fullsize/calibrated.png"] = attribution.heatmap_rgb8(spread["calibrated_fullsize"],
+                                                                        calibration_module.HEATMAP_SCALE)
+    encoded = {name: io.png_bytes(array) for name, array in files.items()}
+    if job.bit_depth is not None and job.bit_depth > 8:
+        encoded[COUNTERFACTUAL_16BIT] = io.png16_bytes(io.to_stored_values(maps.full_counterfactual, job.bit_depth),
+                                                       job.bit_depth)
+    encoded["attribution.safetensors"] = tensor_file(job, generated, maps, spread)
     written: dict[str, dict[str, Any]] = {}
-    for name, array in files.items():
-        data = io.png_bytes(array)
+    for name, data in encoded.items():
         io.atomic_write_bytes(folder / name, data)
         written[name] = manifest.checksum(data)
-    data = tensor_file(job, generated, maps, spread)
-    io.atomic_write_bytes(folder / "attribution.safetensors", data)
-    written["attribution.safetensors"] = manifest.checksum(data)
     if job.kind == "dicom" and not job.name:  # the counterfactual and map in the input's study, for DICOM viewers
-        written.update(dicom_outputs.write_dicom_outputs(folder, job.path, job.sha256, maps.full_counterfactual.mean(
-            axis=-1), maps.full_signed, maps.scale, files.get("fullsize/overlay.png"), job.warnings))
+        overlay = files.get("fullsize/overlay.png")
+        if overlay is None:
+            overlay = full_overlay(job, maps)
+        written.update(dicom_outputs.write_dicom_outputs(folder, job.path, job.sha256, maps.full_counterfactual,
+                                                         maps.full_signed, maps.scale, overlay, job.warnings))
     return written
 
 
 def attribution_maps(job: ImageJob, generated: Generated) -> Maps:
-    """The signed maps (the input, or the reconstruction, less the counterfactual; zero outside the mask)."""
-    counterfactual, reference = generated.counterfactual, generated.reference
+    """The signed maps (the input, or the reconstruction, less the counterfactual; zero outside the mask).
+
+    At full size the gray model-size images are resized (one resize each, not one per colour channel): the
+    resize is linear, so the gray of the resized colours is the resize of the gray, up to the clip to [0, 1].
+    """
+    counterfactual, reference = generated.counterfactual.mean(axis=-1), generated.reference
     base = job.model_image if reference is None else reference.mean(axis=-1)
-    signed = attribution.attribution_map(base, counterfactual.mean(axis=-1), job.model_mask)
-    full_input = io.to_original(job.model_image, job.padding, job.original_size)
-    full_cf = np.clip(io.to_original(counterfactual, job.padding, job.original_size), 0.0, 1.0)
-    full_reference = None if reference is None else np.clip(
-        io.to_original(reference, job.padding, job.original_size), 0.0, 1.0)
-    full_base = full_input if full_reference is None else full_reference.mean(axis=-1)
-    full_signed = attribution.attribution_map(full_base, full_cf.mean(axis=-1), job.mask)
-    return Maps(signed, full_signed, attribution.map_scale(signed, job.model_mask), full_input, full_cf, full_reference)
+    signed = attribution.attribution_map(base, counterfactual, job.model_mask)
+    full_cf = _full(counterfactual, job)
+    full_base = _full(base, job, clip=reference is not None)
+    full_signed = attribution.attribution_map(full_base, full_cf, job.mask)
+    return Maps(signed, full_signed, attribution.map_scale(signed, job.model_mask), full_base, full_cf,
+                None if reference is None else full_base)
 
 
-def image_files(job: ImageJob, generated: Generated, maps: Maps) -> dict[str, np.ndarray]:
-    """The PNGs of one image by file name, in the order they are written (the uncertainty heatmaps aside)."""
-    heat, full_heat = attribution.heatmap(maps.signed, maps.scale), attribution.heatmap(maps.full_signed, maps.scale)
+def _full(gray: np.ndarray, job: ImageJob, clip: bool = True) -> np.ndarray:
+    """A gray model-size image at the input's own size (clipped to [0, 1] unless ``clip`` is False)."""
+    full = io.to_original(gray, job.padding, job.original_size)
+    return np.clip(full, 0.0, 1.0) if clip else full
+
+
+def image_files(job: ImageJob, generated: Generated, maps: Maps, fullsize: bool = False) -> dict[str, np.ndarray]:
+    """The PNGs of one image by file name (the uncertainty and calibrated heatmaps aside); with ``fullsize``
+    every image at the input's size too, else its counterfactual only.
+
+    ``signed.png`` shows the signed map with a diverging colormap on the |map| heatmap's scale, centred on zero:
+    red where the input is brighter than the counterfactual (an opacity removed), blue where darker.
+    """
+    heat = attribution.heatmap_rgb8(maps.signed, maps.scale)
     files: dict[str, np.ndarray] = {
         "input.png": job.model_image,
         "counterfactual.png": generated.counterfactual,
         "attribution.png": heat,
+        "signed.png": attribution.signed_heatmap_rgb8(maps.signed, maps.scale),
         "overlay.png": attribution.overlay(job.model_image, maps.signed, maps.scale, heat=heat),
         "fullsize/counterfactual.png": maps.full_counterfactual,
-        "fullsize/attribution.png": full_heat,
-        "fullsize/overlay.png": attribution.overlay(maps.full_input, maps.full_signed, maps.scale, heat=full_heat),
     }
     if generated.reference is not None:
         files["reconstruction.png"] = generated.reference
-        files["fullsize/reconstruction.png"] = maps.full_reference
     if generated.condition is not None:
         files["condition.png"] = generated.condition
+    if fullsize:
+        full_heat = attribution.heatmap_rgb8(maps.full_signed, maps.scale)
+        files["fullsize/attribution.png"] = full_heat
+        files["fullsize/signed.png"] = attribution.signed_heatmap_rgb8(maps.full_signed, maps.scale)
+        files["fullsize/overlay.png"] = full_overlay(job, maps, full_heat)
+        if maps.full_reference is not None:
+            files["fullsize/reconstruction.png"] = maps.full_reference
     return files
+
+
+def full_overlay(job: ImageJob, maps: Maps, heat: np.ndarray | None = None) -> np.ndarray:
+    """The overlay at the input's size: the map's heatmap over the (model-size) input resized."""
+    full_input = maps.full_base if maps.full_reference is None else _full(job.model_image, job, clip=False)
+    heat = attribution.heatmap_rgb8(maps.full_signed, maps.scale) if heat is None else heat
+    return attribution.overlay(full_input, maps.full_signed, maps.scale, heat=heat)
 
 
 def calibrated_maps(job: ImageJob, maps: Maps, calibration: Calibration) -> dict[str, np.ndarray]:
     """The calibrated map at the model's size and the input's own (zero outside the mask); sets ``job.score``."""
-    calibrated = calibration.calibrated(maps.signed, job.model_mask)
-    job.score = round(calibration_module.score(calibrated, job.model_mask), 6)
+    calibrated, score = calibration.assess(maps.signed, job.model_mask)
+    job.score = round(score, 6)
     full = np.clip(io.to_original(calibrated, job.padding, job.original_size), 0.0, None)
     return {"calibrated": calibrated, "calibrated_fullsize": _inside(full, job.mask)}
 
@@ -124,7 +166,7 @@ def tensor_file(job: ImageJob, generated: Generated, maps: Maps, spread: dict[st
     """``attribution.safetensors``: the signed maps (and spread, and mask) with what they are the difference of."""
     from safetensors.numpy import save as save_tensors
 
-    tensors = {"attribution": maps.signed, "attribution_fullsize": maps.full_signed.astype(np.float32), **spread}
+    tensors = {"attribution": maps.signed, "attribution_fullsize": maps.full_signed.astype(np.float32, copy=False), **spread}
     if job.model_mask is not None:
         tensors["mask"] = job.model_mask.astype(np.uint8)
     reference, uncertainty = generated.reference, generated.uncertainty
@@ -132,7 +174,8 @@ def tensor_file(job: ImageJob, generated: Generated, maps: Maps, spread: dict[st
     counterfactuals = "counterfactual" if uncertainty is None else f"mean of {job.samples} counterfactuals"
     if reference is not None and uncertainty is not None:
         minuend = f"mean of {job.samples} unconditional reconstructions"
-    metadata = {"definition": f"{minuend} - {counterfactuals} (grayscale, [0,1])", "heatmap_scale": f"{maps.scale:.6g}"}
+    metadata = {"definition": f"{minuend} - {counterfactuals} (grayscale, [0,1])", "heatmap_scale": f"{maps.scale:.6g}",
+                "signed_heatmap": SIGNED_HEATMAP}
     if "calibrated" in spread:
         metadata["calibrated"] = calibration_module.SCORE_METHOD.split("; ", 1)[1]
     if uncertainty is not None:
@@ -141,6 +184,10 @@ def tensor_file(job: ImageJob, generated: Generated, maps: Maps, spread: dict[st
             uncertainty="per-pixel standard deviation (ddof 1) of the samples' grayscale maps",
         )
     return canonical_safetensors(save_tensors(tensors, metadata=metadata))
+
+
+SIGNED_HEATMAP = (f"signed.png: {attribution.SIGNED_COLORMAP}, -heatmap_scale (blue: darker than the counterfactual) "
+                  "to +heatmap_scale (red: brighter)")
 
 
 def canonical_safetensors(data: bytes) -> bytes:
@@ -185,9 +232,11 @@ class OutputWriter:
     def __init__(
         self, out: Path, recipe_fingerprint: str, on_done: Callable[[ImageJob], None],
         workers: int = 2, max_pending: int = 8, calibration: Calibration | None = None,
+        fullsize: str = FULLSIZE_DEFAULT,
     ) -> None:
         self.out = out
         self.calibration = calibration
+        self.fullsize = fullsize
         self.fingerprint = recipe_fingerprint
         self.on_done = on_done
         self.max_pending = max_pending
@@ -220,11 +269,12 @@ class OutputWriter:
         previous = manifest.read_record(folder) or {}
         (folder / manifest.RECORD).unlink(missing_ok=True)
         outputs.remove_stale_temporaries(folder, self.out)
-        written = write_outputs(folder, job, generated, self.calibration)
+        maps = attribution_maps(job, generated)
+        written = write_outputs(folder, job, generated, self.calibration, self.fullsize, maps)
         outputs.remove_stale_outputs(folder, set(written), [str(name) for name in previous.get("files", [])])
         job.seconds += time.perf_counter() - started
         record = {**job.summary(), "status": "done", "fingerprint": self.fingerprint, "files": list(written),
-                  "checksums": written}
+                  "checksums": written, "heatmap_scale": float(f"{maps.scale:.6g}")}
         manifest.write_record(folder, record)
 
     def _finish_oldest(self) -> None:
