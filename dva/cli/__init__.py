@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "evaluate": ("dva.cli.evaluate", "evaluate"),
     "compare": ("dva.cli.compare", "compare"),
     "calibrate": ("dva.cli.calibrate", "calibrate"),
+    "upscale": ("dva.cli.upscale", "upscale"),
     "check-vae": ("dva.cli.check_vae", "check_vae"),
 }
 
