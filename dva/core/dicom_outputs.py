@@ -44,14 +44,15 @@ SERIES = {  # file: (SeriesNumber, SeriesDescription)
 }
 MANUFACTURER = "dva (diffusion visual attribution)"
 MAP_UNITS = "difference in normalised intensity"
-MAP_ZERO = 32767  # the map's stored value for 0; stored v means (v - MAP_ZERO) / MAP_ZERO, so [-1, 1] fits 16 bits
+MAP_ZERO, MAP_STEP = 32768, 2.0**-14  # the map's stored value v means (v - MAP_ZERO) * MAP_STEP: [-2, 2) in 16 bits,
+# with 0 and ±1 exact and a step that a decimal string (DS) holds exactly
 NEEDED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Rows", "Columns",
           "BitsAllocated", "BitsStored")
 RENDERING = ("RescaleIntercept", "RescaleSlope", "RescaleType", "ModalityLUTSequence", "WindowCenter", "WindowWidth",
              "VOILUTFunction", "WindowCenterWidthExplanation", "VOILUTSequence")
 SPACING = ("PixelSpacing", "ImagerPixelSpacing")
 COPIED = ("BodyPartExamined",)
-SKIPPED_NOTE = "DICOM outputs not written: {reason}; the PNG and safetensors outputs are"
+SKIPPED_NOTE = "DICOM outputs not written: {reason}; its PNG and safetensors outputs are written"
 
 
 class NotWritable(Exception):
@@ -170,7 +171,7 @@ def stored_values(dataset, raw: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 
 def map_stored_values(signed_map: np.ndarray) -> np.ndarray:
     """The signed map ([-1, 1]) as 16-bit stored values, ``MAP_ZERO`` for 0 (see :func:`map_image`'s rescale)."""
-    return (np.rint(np.clip(signed_map, -1.0, 1.0) * MAP_ZERO) + MAP_ZERO).astype(np.uint16)
+    return (np.rint(np.clip(signed_map, -1.0, 1.0) / MAP_STEP) + MAP_ZERO).astype(np.uint16)
 
 
 def _uids(dataset, name: str, digest: str) -> tuple[str, str]:
@@ -227,12 +228,12 @@ def map_image(dataset, map_values: np.ndarray, scale: float, uids: tuple[str, st
     from pydicom.sr.codedict import codes
 
     image = _secondary_capture(dataset, MAP, map_values, "MONOCHROME2", 16, uids)
-    slope, intercept = 1.0 / MAP_ZERO, -1.0
-    image.RescaleSlope, image.RescaleIntercept, image.RescaleType = f"{slope:.10g}", intercept, "US"
+    slope, intercept = MAP_STEP, -MAP_ZERO * MAP_STEP
+    image.RescaleSlope, image.RescaleIntercept, image.RescaleType = repr(slope), repr(intercept), "US"
     image.WindowCenter, image.WindowWidth = 0.0, f"{2.0 * max(float(scale), 1e-6):.6g}"
     mapping = highdicom.pm.RealWorldValueMapping(
         lut_label="dva map", lut_explanation=f"signed map, {MAP_UNITS}",
-        unit=codes.UCUM.NoUnits, value_range=(0, 2 * MAP_ZERO), slope=slope, intercept=intercept)
+        unit=codes.UCUM.NoUnits, value_range=(0, 2**16 - 1), slope=slope, intercept=intercept)
     image.RealWorldValueMappingSequence = [mapping]
     image.DerivationDescription = (f"dva signed attribution map, {MAP_UNITS} (dva's [0, 1] reading of the source): "
                                    "the input (or its reconstruction) less the healthy counterfactual")
