@@ -80,6 +80,26 @@ def main(argv: list[str] | None = None) -> None:
         for image, score in scores:
             console.print(f"  {image}: {score:.2f}")
     console.print(f"[bold]Report:[/] {(out / 'report.html').resolve()}", highlight=False)
+    console.print(vae_check_line(), highlight=False, soft_wrap=True)
+
+
+def vae_check_line() -> str:
+    """``dva check-vae``'s verdict for the bundled model's VAE on the bundled phantoms and real X-rays (no files
+    written): the phantoms pass, the real radiographs fail, as a VAE trained on phantoms only should."""
+    import torch
+
+    from dva.core.io import collect_inputs
+    from dva.evaluate.vae_check import check_images, load_vae, locate_vae, vae_resolution
+    from dva.evaluate.vae_report import verdict_line
+
+    samples = Path(str(resources.files("dva") / "samples"))
+    folders = [samples / "phantoms" / "images", samples / "cxr-nih-sample" / "images", samples / "cxr-covid-sample" / "images"]
+    files, _ = collect_inputs(folders)
+    source = locate_vae(None)
+    vae = load_vae(source, torch.device("cpu"), torch.float32)
+    result = check_images(files, vae, vae_resolution(source, vae, None))
+    shown = [folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder for folder in folders]
+    return f"{verdict_line(result)}. Tables and the worst cases: dva check-vae {' '.join(map(str, shown))}"
 
 
 def image_scores(out: Path) -> list[tuple[str, float]]:
