@@ -119,18 +119,25 @@ THESIS = Setting("sdedit", 0.85, 75, 4.0, "input", "pndm")  # the thesis' sampli
 
 
 def sweep_plan() -> list[Setting]:
-    """The grid, most promising families first, each over budgets of about 4, 8, 12, 16, 32, 64 and more."""
-    plan = [ddim_inversion(0.6, calls) for calls in (1, 2, 3, 4, 8, 16)] + [ENTRY_SETTING]  # 4s evaluations
-    plan += [ddim_inversion(0.6, calls, reference="input") for calls in (1, 2, 3, 5, 10, 30)]  # 3s
-    plan += [ddim_inversion(0.6, calls, guidance_scale=1.0) for calls in (1, 2, 3, 5, 10, 30)]  # 3s, no CFG
-    plan += [ddim_inversion(0.6, calls, guidance_scale=1.0, reference="input") for calls in (2, 4, 8, 16, 30)]  # 2s
-    plan += [ddim_inversion(strength, calls) for strength in (0.3, 0.45, 0.75, 0.9) for calls in (2, 4, 16)]
+    """The grid over budgets of about 4, 8, 12, 16, 32, 64 and more, in tiers of interest (a run stopped early
+    still holds every family's main points): the entry's family and the thesis' setting, then each family
+    over its budgets, then the variants."""
+    plan = [ddim_inversion(0.6, calls) for calls in (1, 2, 3, 4, 8, 16)] + [ENTRY_SETTING, THESIS]  # 4s evaluations
+    plan += [sdedit("dpm-solver++", calls) for calls in (4, 8, 16, 32)]  # 2n
+    plan += [sdedit(scheduler, calls) for scheduler in ("unipc", "ddim", "pndm") for calls in (8, 32)]
+    plan += [ddim_inversion(0.6, calls, reference="input") for calls in (1, 2, 5, 10)]  # 3s
+    plan += [ddim_inversion(0.6, calls, guidance_scale=1.0) for calls in (1, 2, 5, 10)]  # 3s, no CFG
+    plan += [ddim_inversion(0.6, calls, guidance_scale=1.0, reference="input") for calls in (2, 4, 8, 16)]  # 2s
+    plan += [ddim_inversion(strength, calls) for strength in (0.3, 0.45, 0.75, 0.9) for calls in (2, 4)]
     plan += [ddim_inversion(0.6, 4, guidance_scale=scale) for scale in (2.0, 7.0)]
-    plan += [sdedit(scheduler, calls) for scheduler in ("dpm-solver++", "unipc", "ddim", "pndm") for calls in (4, 8, 16, 32)]
-    plan += [sdedit("dpm-solver++", calls, reference="reconstruction") for calls in (5, 16)]
     plan += [sdedit("dpm-solver++", 4, samples=2), sdedit("dpm-solver++", 2, samples=4),
-             sdedit("dpm-solver++", 8, samples=4), sdedit("dpm-solver++", 8, samples=4, reference="reconstruction")]
-    plan += [sdedit("dpm-solver++", 8, guidance_scale=1.0), sdedit("dpm-solver++", 8, strength=0.4), THESIS]
+             sdedit("dpm-solver++", 5, reference="reconstruction"), sdedit("dpm-solver++", 8, samples=4),
+             sdedit("dpm-solver++", 8, guidance_scale=1.0), sdedit("dpm-solver++", 8, strength=0.4)]
+    plan += [ddim_inversion(strength, 16) for strength in (0.3, 0.45, 0.75, 0.9)]
+    plan += [ddim_inversion(0.6, 30, reference="input"), ddim_inversion(0.6, 30, guidance_scale=1.0)]
+    plan += [sdedit(scheduler, calls) for scheduler in ("unipc", "ddim", "pndm") for calls in (4, 16)]
+    plan += [sdedit("dpm-solver++", 16, reference="reconstruction"),
+             sdedit("dpm-solver++", 8, samples=4, reference="reconstruction")]
     return plan
 
 
@@ -170,13 +177,39 @@ def measure(setting: Setting, data: Path, work: Path, base: dict, catalogue: Any
     return rows
 
 
-def print_table(rows: list[dict], title: str) -> None:
+def paired_gap(row: dict, best: dict) -> tuple[float, float]:
+    """``row``'s AUPRC minus ``best``'s, as the mean and standard error of per-phantom differences (both
+    settings ran on the same phantoms, so the phantoms' own spread cancels)."""
+    import numpy as np
+
+    names = sorted(set(row.get("auprc_per_image", {})) & set(best.get("auprc_per_image", {})))
+    if len(names) < 2:
+        return float("nan"), float("nan")
+    differences = np.array([row["auprc_per_image"][n] - best["auprc_per_image"][n] for n in names])
+    return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(len(names)))
+
+
+def print_table(rows: list[dict], title: str, best: dict | None = None) -> None:
     print(f"\n{title}\n")
-    print("| setting | UNet evaluations per image | pixel AUPRC | best Dice | null ratio | image AUROC (p99.5) | s/image |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| setting | UNet evaluations per image | pixel AUPRC | AUPRC - best (paired, ± s.e.) | best Dice | "
+          "null ratio | image AUROC (p99.5) | s/image |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['setting']} | {r['evaluations']} | {r['auprc']:.3f} | {r['best_dice']:.3f} | {r['null_ratio']:.3f} | "
-              f"{r.get('image_auroc_p99.5', float('nan')):.3f} | {r['seconds_per_image']:.2f} |")
+        gap, error = paired_gap(r, best) if best is not None else (float("nan"), float("nan"))
+        print(f"| {r['setting']} | {r['evaluations']} | {r['auprc']:.3f} | {gap:+.3f} ± {error:.3f} | "
+              f"{r['best_dice']:.3f} | {r['null_ratio']:.3f} | {r.get('image_auroc_p99.5', float('nan')):.3f} | "
+              f"{r['seconds_per_image']:.2f} |")
+
+
+def report(rows: list[dict], settings: dict) -> None:
+    """Every setting and the frontier, each against the best raw-map setting at any cost."""
+    rows = sorted(rows, key=lambda r: (r["evaluations"], r["setting"]))
+    raw = [r for r in rows if not r["calibrated"]]
+    best = max(raw, key=lambda r: r[QUALITY]) if raw else None
+    print(f"\nmodel: {settings['model']}; {settings['n']} Normal and {settings['n']} Lung Opacity phantoms at "
+          f"{settings['size']} px, seed {settings['seed']}; best: {best['setting'] if best else '-'}")
+    print_table(rows, "All settings (image AUROC from the raw map's 99.5th percentile in the lungs):", best)
+    print_table(frontier(rows), "The frontier: no setting measured here is better for as few evaluations:", best)
 
 
 def previous_rows(path: Path | None, seed: int) -> list[dict]:
@@ -200,6 +233,37 @@ def model_size(base: dict, catalogue: Any) -> int:
     return model_resolution(unet, vae)
 
 
+def pooled_rows(payloads: list[dict]) -> list[dict]:
+    """The raw-map rows of the settings every payload measured, merged: AUPRC per seed, and per-phantom AUPRCs
+    under seed-prefixed names (so paired differences pool over all the phantoms)."""
+    by_seed = [{r["setting"]: r for r in p["rows"] if not r["calibrated"]} for p in payloads]
+    seeds = [p["settings"]["seed"] for p in payloads]
+    merged = []
+    for label in [label for label in by_seed[0] if all(label in rows for rows in by_seed[1:])]:
+        rows = [rows[label] for rows in by_seed]
+        merged.append({**rows[0], "auprc_by_seed": [r["auprc"] for r in rows],
+                       "auprc": sum(r["auprc"] for r in rows) / len(rows),
+                       "auprc_per_image": {f"{seed}/{name}": value for seed, r in zip(seeds, rows)
+                                           for name, value in r.get("auprc_per_image", {}).items()}})
+    return merged
+
+
+def report_pooled(payloads: list[dict]) -> None:
+    """The settings all payloads measured: AUPRC per seed, their mean, and the paired gap to the best mean."""
+    rows = sorted(pooled_rows(payloads), key=lambda r: (r["evaluations"], r["setting"]))
+    if not rows:
+        return
+    best = max(rows, key=lambda r: r[QUALITY])
+    seeds = " / ".join(str(p["settings"]["seed"]) for p in payloads)
+    print(f"\nSeeds pooled ({seeds}); best by mean AUPRC: {best['setting']}\n")
+    print(f"| setting | UNet evaluations per image | AUPRC ({seeds}) | mean | mean - best (paired, ± s.e.) |")
+    print("|---|---:|---:|---:|---:|")
+    for r in rows:
+        gap, error = paired_gap(r, best)
+        print(f"| {r['setting']} | {r['evaluations']} | {' / '.join(f'{v:.3f}' for v in r['auprc_by_seed'])} | "
+              f"{r['auprc']:.3f} | {gap:+.3f} ± {error:.3f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", choices=("sweep", "confirm"), default="sweep", help="the grid, or the confirmation of a sweep's best")
@@ -210,7 +274,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="measure only the settings whose label contains this text")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 phantoms per class, two tiny settings")
     parser.add_argument("--json", type=Path, help="write the results here after every setting (and resume from it)")
+    parser.add_argument("--report", type=Path, nargs="+",
+                        help="measure nothing: print the tables of these results files (and, for several, the "
+                             "settings all of them measured, seeds pooled)")
     args = parser.parse_args(argv)
+    if args.report:
+        payloads = [json.loads(path.read_text()) for path in args.report]
+        for payload in payloads:
+            report(payload["rows"], payload["settings"])
+        if len(payloads) > 1:
+            report_pooled(payloads)
+        return 0
     if args.plan == "confirm" and not args.sweep:
         parser.error("--plan confirm needs --from SWEEP.json")
 
@@ -243,10 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 write_results(args.json, {"command": " ".join(sys.argv), "machine": machine(), "settings": settings,
                                           "rows": rows, "elapsed_s": time.perf_counter() - started})
-    rows.sort(key=lambda r: (r["evaluations"], r["setting"]))
-    print(f"\nmodel: {settings['model']}; {n} Normal and {n} Lung Opacity phantoms at {size} px, seed {seed}")
-    print_table(rows, "All settings (image AUROC from the raw map's 99.5th percentile in the lungs):")
-    print_table(frontier(rows), "The frontier: no setting measured here is better for as few evaluations:")
+    report(rows, settings)
     print(f"\n{time.perf_counter() - started:.0f} s; load average before {load_before}, after {load_average()}")
     return 0
 
