@@ -86,7 +86,7 @@ def smoothed(signed: np.ndarray) -> np.ndarray:
 def focal_excess(z: np.ndarray, mask: np.ndarray | None = None) -> float:
     """The mean of the top ``TOP_FRACTION`` of ``z`` inside ``mask`` less its ``BACKGROUND_PERCENTILE``."""
     values = z[mask] if mask is not None and mask.any() else z.ravel()
-    count = max(1, int(round(TOP_FRACTION * values.size)))
+    count = max(1, round(TOP_FRACTION * values.size))
     return float(np.sort(values)[-count:].mean() - np.percentile(values, BACKGROUND_PERCENTILE))
 
 
