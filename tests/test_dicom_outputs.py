@@ -35,12 +35,14 @@ def stored_image(height: int = 40, width: int = 48, seed: int = 0) -> np.ndarray
 def write_radiograph(path: Path, pixels: np.ndarray | None = None, *, modality: str = "DX",
                      photometric: str = "MONOCHROME2", spacing: str = "ImagerPixelSpacing",
                      slope: float = 1.0, intercept: float = 0.0, window: tuple[float, float] | None = None,
-                     signed: bool = False, study: bool = True) -> Path:
-    """A 12-bit uncompressed CR or DX file with patient, study, series and spacing attributes."""
+                     signed: bool = False, study: bool = True, bits: int = 12) -> Path:
+    """An uncompressed CR or DX file (12-bit, or 8-bit) with patient, study, series and spacing attributes."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
     values = stored_image() if pixels is None else pixels
+    if bits == 8:
+        values = (values // 16).astype(np.uint8)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1" if modality == "DX" else "1.2.840.10008.5.1.4.1.1.1"
     meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1.2"
@@ -58,12 +60,12 @@ def write_radiograph(path: Path, pixels: np.ndarray | None = None, *, modality: 
     dataset[spacing] = pydicom.DataElement(spacing, "DS", [0.139, 0.143])
     dataset.Rows, dataset.Columns = values.shape
     dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, photometric
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = (8, 8, 7) if bits == 8 else (16, 12, 11)
     dataset.PixelRepresentation = 1 if signed else 0
     dataset.RescaleSlope, dataset.RescaleIntercept, dataset.RescaleType = slope, intercept, "US"
     if window is not None:
         dataset.WindowCenter, dataset.WindowWidth = window
-    dataset.PixelData = values.astype(np.int16 if signed else np.uint16).tobytes()
+    dataset.PixelData = values.astype(np.uint8 if bits == 8 else np.int16 if signed else np.uint16).tobytes()
     dataset.save_as(path, enforce_file_format=True)
     return path
 
@@ -88,10 +90,12 @@ def dx(tmp_path) -> Path:
     return write_radiograph(tmp_path / "dx.dcm", slope=2.0, intercept=-1024.0)
 
 
-@pytest.mark.parametrize("kind", ["dx-monochrome2", "cr-monochrome1-windowed"])
+@pytest.mark.parametrize("kind", ["dx-monochrome2", "cr-monochrome1-windowed", "dx-8-bit"])
 def test_a_counterfactual_equal_to_the_input_gives_back_its_stored_values_within_1(kind, tmp_path):
     if kind == "dx-monochrome2":
         path = write_radiograph(tmp_path / "dx.dcm", slope=2.0, intercept=-1024.0)
+    elif kind == "dx-8-bit":
+        path = write_radiograph(tmp_path / "dx8.dcm", bits=8)
     else:  # the window (rescaled values -700..6900) covers every stored value, so nothing is clipped
         path = write_radiograph(tmp_path / "cr.dcm", modality="CR", photometric="MONOCHROME1",
                                 spacing="PixelSpacing", slope=2.0, intercept=-1000.0, window=(3100.0, 7600.0))
@@ -101,6 +105,19 @@ def test_a_counterfactual_equal_to_the_input_gives_back_its_stored_values_within
     assert np.abs(difference).max() <= 1
     assert counterfactual.PhotometricInterpretation == source.PhotometricInterpretation
     assert (counterfactual.RescaleSlope, counterfactual.RescaleIntercept) == (source.RescaleSlope, source.RescaleIntercept)
+    assert (counterfactual.BitsAllocated, counterfactual.BitsStored) == (source.BitsAllocated, source.BitsStored)
+
+
+def test_an_anonymised_input_is_written_without_library_warnings(tmp_path, recwarn):
+    path = write_radiograph(tmp_path / "anonymised.dcm")
+    dataset = pydicom.dcmread(path)
+    dataset.PatientName = "ANONYMOUS"  # one component: valid DICOM, which highdicom warns about
+    del dataset.PatientOrientation
+    dataset.save_as(path)
+    counterfactual = outputs_of(path)[COUNTERFACTUAL]
+    assert counterfactual.PatientName == "ANONYMOUS"
+    assert counterfactual.PatientOrientation == ""  # none in the source, so none guessed
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
 
 
 def test_the_counterfactual_is_a_derived_image_in_the_inputs_study_at_its_size_spacing_and_bit_depth(dx):

@@ -52,6 +52,9 @@ RENDERING = ("RescaleIntercept", "RescaleSlope", "RescaleType", "ModalityLUTSequ
              "VOILUTFunction", "WindowCenterWidthExplanation", "VOILUTSequence")
 SPACING = ("PixelSpacing", "ImagerPixelSpacing")
 COPIED = ("BodyPartExamined",)
+# Copied after highdicom has built the image: it warns on single-component names ("ANONYMOUS"), which anonymised
+# files often have and which are valid DICOM.
+NAMES = ("PatientName", "ReferringPhysicianName")
 SKIPPED_NOTE = "DICOM outputs not written: {reason}; its PNG and safetensors outputs are written"
 
 
@@ -189,17 +192,23 @@ def _secondary_capture(dataset, name: str, pixels: np.ndarray, photometric: str,
     reference to ``dataset`` as its source."""
     import highdicom
 
+    from pydicom.dataset import Dataset
+
     orientation = [str(value) for value in (dataset.get("PatientOrientation") or [])]
     number, description = SERIES[name]
+    header = Dataset()  # the source's attributes less its pixels and names (see NAMES)
+    for element in dataset:
+        if element.keyword not in (*NAMES, "PixelData"):
+            header.add(element)
     image = highdicom.sc.SCImage.from_ref_dataset(
-        dataset, pixels, photometric, bits, "PATIENT", uids[0], number, uids[1], 1, MANUFACTURER,
+        header, pixels, photometric, bits, "PATIENT", uids[0], number, uids[1], 1, MANUFACTURER,
         patient_orientation=tuple(orientation) if len(orientation) == 2 else ("L", "F"),
         transfer_syntax_uid=highdicom.UID("1.2.840.10008.1.2.1"),  # explicit VR little endian, uncompressed
         series_description=description,
     )
     if len(orientation) != 2:
         image.PatientOrientation = ""  # the source states none; type 2, so empty rather than guessed
-    for keyword in (*SPACING, *COPIED):
+    for keyword in (*NAMES, *SPACING, *COPIED):
         if keyword in dataset:
             image[keyword] = dataset[keyword]
     image.ImageType = ["DERIVED", "SECONDARY"]
