@@ -182,3 +182,17 @@ def test_a_resolution_the_vae_cannot_encode_is_refused(vae_folder, vae, images, 
     code, _, err = dva(capsys, "check-vae", "--model", vae_folder, "--resolution", 63, "--out", tmp_path / "o", *images)
     assert code == 2 and "--resolution 63" in err
 
+
+
+def test_every_flag_comes_from_the_settings_schema_with_its_default():
+    import click
+
+    from dva.cli.check_vae import CHECK_VAE_SETTINGS, check_vae
+    from dva.core.settings import RUN_SETTINGS, by_name
+
+    settings = by_name((*RUN_SETTINGS, *CHECK_VAE_SETTINGS))
+    for param in check_vae.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            setting = settings[param.name]
+            assert tuple(param.opts + param.secondary_opts) == setting.flags, param.name
+            assert param.default == (setting.option.default if setting.flag_default else None), param.name

@@ -174,8 +174,8 @@ def vae_resolution(source: VaeSource, vae: Any, requested: int | None) -> int:
     """The side images are encoded at: ``requested`` (a multiple of the VAE's downsampling), else the model's."""
     factor = _downsampling(dict(vae.config))
     if requested is None:
-        resolution = source.model_resolution or int(vae.config.sample_size)
-        return resolution
+        size = vae.config.sample_size
+        return source.model_resolution or int(size[0] if isinstance(size, (list, tuple)) else size)
     if requested % factor:
         raise ConfigError(f"--resolution {requested}: the VAE downsamples by {factor}, so the side must be a multiple "
                           f"of {factor} (e.g. {max(factor, requested // factor * factor)}).")
