@@ -35,7 +35,7 @@ def stored_image(height: int = 40, width: int = 48, seed: int = 0) -> np.ndarray
 def write_radiograph(path: Path, pixels: np.ndarray | None = None, *, modality: str = "DX",
                      photometric: str = "MONOCHROME2", spacing: str = "ImagerPixelSpacing",
                      slope: float = 1.0, intercept: float = 0.0, window: tuple[float, float] | None = None,
-                     signed: bool = False, study: bool = True, bits: int = 12) -> Path:
+                     signed: bool = False, study: bool = True, bits: int = 12, function: str | None = None) -> Path:
     """An uncompressed CR or DX file (12-bit, or 8-bit) with patient, study, series and spacing attributes."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -65,6 +65,8 @@ def write_radiograph(path: Path, pixels: np.ndarray | None = None, *, modality: 
     dataset.RescaleSlope, dataset.RescaleIntercept, dataset.RescaleType = slope, intercept, "US"
     if window is not None:
         dataset.WindowCenter, dataset.WindowWidth = window
+    if function is not None:
+        dataset.VOILUTFunction = function
     dataset.PixelData = values.astype(np.uint8 if bits == 8 else np.int16 if signed else np.uint16).tobytes()
     dataset.save_as(path, enforce_file_format=True)
     return path
@@ -90,12 +92,15 @@ def dx(tmp_path) -> Path:
     return write_radiograph(tmp_path / "dx.dcm", slope=2.0, intercept=-1024.0)
 
 
-@pytest.mark.parametrize("kind", ["dx-monochrome2", "cr-monochrome1-windowed", "dx-8-bit"])
+@pytest.mark.parametrize("kind", ["dx-monochrome2", "cr-monochrome1-windowed", "dx-8-bit", "dx-sigmoid"])
 def test_a_counterfactual_equal_to_the_input_gives_back_its_stored_values_within_1(kind, tmp_path):
     if kind == "dx-monochrome2":
         path = write_radiograph(tmp_path / "dx.dcm", slope=2.0, intercept=-1024.0)
     elif kind == "dx-8-bit":
         path = write_radiograph(tmp_path / "dx8.dcm", bits=8)
+    elif kind == "dx-sigmoid":  # a curved VOI transform: inverted by interpolation, not as a line
+        path = write_radiograph(tmp_path / "sigmoid.dcm", slope=2.0, intercept=-1024.0, window=(3000.0, 8000.0),
+                                function="SIGMOID")
     else:  # the window (rescaled values -700..6900) covers every stored value, so nothing is clipped
         path = write_radiograph(tmp_path / "cr.dcm", modality="CR", photometric="MONOCHROME1",
                                 spacing="PixelSpacing", slope=2.0, intercept=-1000.0, window=(3100.0, 7600.0))
