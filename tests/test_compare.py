@@ -218,3 +218,76 @@ def test_compare_ranks_by_image_auroc_on_a_phantom_set(tiny_radbert_model, phant
     assert table["rows"][0][column] >= table["rows"][1][column]
     assert "null energy ratio" in table["columns"]
     assert "ranked by image AUROC" in capsys.readouterr().out
+
+
+def flat_masks(phantoms: Path, folder: Path) -> Path:
+    """Every class's lung masks of a phantom set in one folder (``--mask`` matches them to inputs by name)."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for mask in phantoms.glob("*/masks/*.png"):
+        shutil.copy(mask, folder / mask.name)
+    return folder
+
+
+def test_a_lung_zone_region_without_masks_is_refused_before_anything_runs(tiny_radbert_model, phantoms, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "compare"
+    code = compare([str(phantoms / "Normal" / "images"), "--model", str(tiny_radbert_model), "--strength", "0.3,0.6",
+                    "--region", "left upper", "--out", str(out)], capsys)
+    error = capsys.readouterr().err
+    assert code == 2 and "--region 'left upper' is a lung zone cut from each image's lung mask" in error
+    assert "needs --mask" in error and not out.exists()
+
+
+def test_region_is_passed_to_every_combination(tiny_radbert_model, phantoms, tmp_path, capsys):
+    out = tmp_path / "compare"
+    code = compare([str(phantoms / "Normal" / "images"), "--model", str(tiny_radbert_model), "--strength", "0.3,0.6",
+                    "--steps", "2", "--region", "left-upper", "--mask", str(flat_masks(phantoms, tmp_path / "masks")),
+                    "--out", str(out)], capsys)
+    assert code == 0, capsys.readouterr().err
+    for run in ("s0.3", "s0.6"):
+        recipe = json.loads((out / "runs" / run / "manifest.json").read_text())["recipe"]
+        assert recipe["prior_options"]["region"] == "left upper" and recipe["prior_options"]["strength"] in (0.3, 0.6)
+
+
+def test_calibration_applies_to_the_combination_it_was_made_for_and_rows_rank_by_null_ratio(
+        tiny_sd, catalogue, phantoms, tmp_path, capsys):
+    import shutil
+
+    from dva.core.calibrate import calibrate
+    from dva.core.registry import load_entries, resolve
+    from dva.datasets.phantoms import make_phantom
+
+    model = Path(shutil.copytree(tiny_sd, tmp_path / "model"))
+    healthy = tmp_path / "healthy"
+    for kind in ("images", "masks"):
+        (healthy / kind).mkdir(parents=True)
+    for index in range(1, 4):
+        phantom = make_phantom("Normal", index, 64, seed=77)
+        Image.fromarray(phantom.image).save(healthy / "images" / f"h{index}.png")
+        Image.fromarray(phantom.lung_mask.astype("uint8") * 255).save(healthy / "masks" / f"h{index}.png")
+    recipe = resolve(load_entries(), catalogue, "default", {"model": str(model), "steps": 2, "strength": 0.5})
+    calibrate(recipe, [str(healthy / "images")], catalogue, str(healthy / "masks"))
+
+    masks = flat_masks(phantoms, tmp_path / "masks")
+    inputs = [str(phantoms / "Lung Opacity" / "images"), str(phantoms / "Normal" / "images"), "--model", str(model),
+              "--strength", "0.5,0.3", "--steps", "2", "--mask", str(masks), "--real", str(phantoms),
+              "--metrics", "localisation", "--rank-by", "null_ratio"]
+    assert compare([*inputs, "--out", str(tmp_path / "auto")], capsys) == 0, capsys.readouterr().err
+    document = json.loads((tmp_path / "auto" / "comparison.json").read_text())
+    by_strength = {c["strength"]: c for c in document["combinations"]}
+    assert by_strength[0.5]["image_score"] == "record", "the calibrated combination is scored by dva run's score"
+    assert by_strength[0.3]["image_score"] == "p99.5", "the other has no calibration of its recipe"
+    assert document["rank_by"] == "null_ratio"
+    ratios = [c["summary"]["null_ratio"] for c in sorted(document["combinations"], key=lambda c: c["rank"])]
+    assert ratios == sorted(ratios), "lower null ratio ranks first"
+
+    assert compare([*inputs, "--calibration", "off", "--out", str(tmp_path / "off")], capsys) == 0
+    document = json.loads((tmp_path / "off" / "comparison.json").read_text())
+    assert {c["image_score"] for c in document["combinations"]} == {"p99.5"}
+
+    assert compare([*inputs, "--calibration", "require", "--out", str(tmp_path / "require")], capsys) == 1
+    document = json.loads((tmp_path / "require" / "comparison.json").read_text())
+    errors = {c["strength"]: c["error"] for c in document["combinations"]}
+    assert errors[0.5] is None and errors[0.3].startswith("--calibration require: the calibration in")

@@ -107,7 +107,8 @@ COMPARE_SETTINGS = (
 # dva compare's own --help where it says more).
 COMPARE_FLAGS = select((*RUN_SETTINGS, *COMPARE_SETTINGS), (
     "encoders", "encoder_option", "priors", "prior_option", "schedulers", "strengths", "guidance_scales", "entry",
-    "registries", "model", "steps", "seed", "batch_size", "device", "dtype", "mask", "real", "metrics", "fid_weights",
+    "registries", "model", "steps", "seed", "batch_size", "device", "dtype", "region", "calibration", "mask", "real",
+    "metrics", "fid_weights",
     "healthy_class", "rank_by", "strict", "out",
 ), help={
     "entry": "Registry entry every combination starts from.",
@@ -115,6 +116,10 @@ COMPARE_FLAGS = select((*RUN_SETTINGS, *COMPARE_SETTINGS), (
     "seed": "Seed of each image's own generator (the same in every combination).",
     "batch_size": "Images per batch.",
     "strict": "Refuse, before anything runs, any combination whose encoder the model was not trained with.",
+    "region": "Induce only inside this region in every combination: a lung zone ('left upper', cut from --mask) or "
+              "a mask image at the model's size (blended latent diffusion).",
+    "calibration": "Each combination uses the model folder's calibration (dva calibrate) when it was made with its "
+                   "recipe (auto), fails without one (require), or never uses it (off).",
 })
 
 
@@ -140,8 +145,8 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     from dva.core.modality import walk_for_any_modality
     from dva.core.plugins import get_catalogue
     from dva.datasets.layouts import open_dataset
-    from dva.evaluate.compare import (check_rank_by, comparison_table, grid, image_score_method, ranks,
-                                      resolve_all, run_all)
+    from dva.evaluate.compare import (check_rank_by, check_region_masks, comparison_table, grid, image_score_method,
+                                      ranks, resolve_all, run_all)
     from dva.evaluate.evaluation import Settings
     from dva.evaluate.figures import contact_sheet_html, contact_sheet_png, measures_html, plots
     from dva.evaluate.tables import to_csv, to_markdown, to_rich
@@ -154,6 +159,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     combinations = grid(encoder_names, _names(priors, "--priors"), _names(schedulers, "--schedulers"),
                         strength_values, _numbers(guidance_scales, "--guidance-scale"))
     recipes = resolve_all(combinations, entry, registries, catalogue, merged_flags(RUN_SETTINGS, common), options)
+    check_region_masks(recipes, mask)
     if strict:
         from dva.core.runtime import require_trained_encoder
 

@@ -46,6 +46,20 @@ def check_rank_by(measure: str | None, real: str | None) -> None:
         raise ConfigError(f"--rank-by {measure} needs the labelled dataset the inputs come from; give it with --real.")
 
 
+def check_region_masks(recipes: list[Any], mask: str | None) -> None:
+    """``--region`` naming a lung zone is cut from each input's lung mask: without ``--mask`` it is refused before
+    anything runs (as ``dva run`` does), not failed combination by combination."""
+    if mask is not None:
+        return
+    from dva.components.regions import Region
+
+    for recipe in recipes:
+        region = (getattr(recipe, "prior_options", None) or {}).get("region")
+        why = Region(region).needs_mask if isinstance(region, str) and region else None
+        if why:
+            raise ConfigError(f"{why}, which needs --mask (a lung mask per input, or a folder of them).")
+
+
 @dataclass(frozen=True)
 class Combination:
     """One point of the grid; None leaves the entry's (or model's) own choice."""
