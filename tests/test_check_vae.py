@@ -181,6 +181,8 @@ def test_a_resolution_the_vae_cannot_encode_is_refused(vae_folder, vae, images, 
     assert vae_resolution(locate_vae(str(vae_folder)), vae, None) == vae.config.sample_size
     code, _, err = dva(capsys, "check-vae", "--model", vae_folder, "--resolution", 63, "--out", tmp_path / "o", *images)
     assert code == 2 and "--resolution 63" in err
+    code, _, err = dva(capsys, "check-vae", "--model", vae_folder, "--batch-size", 0, "--out", tmp_path / "o", *images)
+    assert code == 2 and "--batch-size 0: must be at least 1." in err
 
 
 

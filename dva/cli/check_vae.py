@@ -24,6 +24,8 @@ CHECK_VAE_FLAGS = select((*RUN_SETTINGS, *CHECK_VAE_SETTINGS), (
     "model": "Stable Diffusion folder or hub id, a dva model folder, or a diffusers AutoencoderKL folder; only its "
              "VAE loads (default: dva's bundled tiny model).",
     "batch_size": "Images per VAE batch (the scores do not depend on it).",
+    "dtype": "Compute precision (auto: bf16 on CUDA, fp16 on MPS, fp32 on the CPU; float16 runs in float32 where "
+             "the VAE's config asks for it).",
 })
 
 
@@ -57,6 +59,8 @@ def check_vae(images: tuple[str, ...], model: str | None, revision: str | None, 
     if not files:
         raise ConfigError("No images to check: " + (missing[0][1] if missing else "pass image files or folders."))
     ensure_output_folder(target)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1.")
     batch_size = batch_size or 1  # the flags shared with dva run are None when not given: their defaults apply
     chosen = pick_device(device or "auto")
     vae = load_vae(source, chosen, pick_dtype(dtype or "auto", chosen))

@@ -346,6 +346,8 @@ def check_images(
     """Encode, decode and score every file; a file that cannot be read, or whose reconstruction is not
     finite, is marked failed with one sentence and the rest go on. The scores do not depend on ``batch_size``
     beyond float rounding."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     labels = class_names(list(files))
     checks = [ImageCheck(path, labels[path]) for path in files]
     kept = WorstPairs(worst)
