@@ -174,8 +174,8 @@ def stored_values(dataset, raw: np.ndarray, pixels: np.ndarray) -> np.ndarray:
 
 def _interpolate(values: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     """``np.interp(values, xs, ys)``, computed as a straight line where the table is one between its end points
-    (a linear rescale and window, or none: the usual case, 40 times faster on a 2500x2048 image than np.interp's
-    search) to within a thousandth of a stored value, and by np.interp elsewhere."""
+    (a linear rescale and window, or none: the usual case, several times faster than np.interp's search at scan
+    sizes, benchmarks/bench_dicom.py) to within a thousandth of a stored value, and by np.interp elsewhere."""
     inner_x, inner_y = xs[1:-1], ys[1:-1]
     if inner_x.size < 2 or inner_x[-1] <= inner_x[0]:
         return np.interp(values, xs, ys)
