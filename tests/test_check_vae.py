@@ -157,7 +157,7 @@ def test_cli_writes_tables_sheet_and_manifest_and_skips_a_bad_file(vae_folder, i
 
 def test_the_bundled_model_checks_the_bundled_phantoms(tmp_path, capsys):
     out = tmp_path / "check"
-    code, shown, err = dva(capsys, "check-vae", "--out", out, SHARED_DATA / "phantoms" / "images" / "Normal-1.png")
+    code, _, err = dva(capsys, "check-vae", "--out", out, SHARED_DATA / "phantoms" / "images" / "Normal-1.png")
     assert code == 0, err
     data = json.loads((out / "vae_check.json").read_text())
     assert data["resolution"] == 64 and data["weights"]["files"].keys() >= {"vae/diffusion_pytorch_model.safetensors"}

@@ -153,7 +153,7 @@ def load_vae(source: VaeSource, device: Any, dtype: Any) -> Any:
         dtype = torch.float32
     try:
         vae = AutoencoderKL.from_pretrained(source.location, torch_dtype=dtype, **extra)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         where = "folder" if source.is_local else "hub id"
         raise ConfigError(f"Cannot load the VAE of the model {where} '{source.location}' ({first}); pass a complete "
