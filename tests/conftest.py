@@ -192,3 +192,21 @@ def fake_plugin(dva_install_plugin):
 def broken_plugin(dva_install_plugin) -> str:
     """The test plugin dva-broken-plugin (its import fails), installed for this test only; its distribution name."""
     return dva_install_plugin(TEST_PLUGINS / "dva-broken-plugin")
+
+
+@pytest.fixture
+def sim_accelerator(dva_install_plugin):
+    """The test plugin dva-sim-accelerator, installed for this test only: its prior ``sim-accelerator`` returns its
+    input after sleeping ``delay`` seconds per image (a simulated accelerator, and a perfect counterfactual).
+    ``.catalogue`` holds it beside the built-in plugins; ``.events`` lists its calls as
+    ``("generate", start, end, images)`` (``time.perf_counter``)."""
+    from types import SimpleNamespace
+
+    from dva.core.plugins import load_catalogue
+
+    dva_install_plugin(TEST_PLUGINS / "dva-sim-accelerator")
+    import dva_sim_accelerator
+
+    dva_sim_accelerator.events.clear()
+    return SimpleNamespace(catalogue=load_catalogue(entry_points=False, extra=(dva_sim_accelerator,)),
+                           events=dva_sim_accelerator.events)

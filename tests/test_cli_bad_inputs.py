@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-IMAGE_FILES = ("input.png", "counterfactual.png", "attribution.png", "overlay.png")
-FULLSIZE_FILES = ("fullsize/counterfactual.png", "fullsize/attribution.png", "fullsize/overlay.png")
+IMAGE_FILES = ("input.png", "counterfactual.png", "attribution.png", "signed.png", "overlay.png")
+FULLSIZE_FILES = ("fullsize/counterfactual.png",)  # the other full-size images: --fullsize all
 OUTPUT_FILES = (*IMAGE_FILES, *FULLSIZE_FILES, "attribution.safetensors", "record.json")
 
 

@@ -47,7 +47,8 @@ def test_an_unguided_unconditional_counterfactual_is_its_own_reference(catalogue
 
 
 def test_the_map_is_the_reconstruction_minus_the_counterfactual(catalogue, tiny_sd, images, tmp_path):
-    assert dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd), reference="reconstruction").exit_code == 0
+    assert dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd), reference="reconstruction",
+                   fullsize="all").exit_code == 0
     folder = tmp_path / "out" / "scan0"
     tensors = saved(tmp_path / "out", "scan0")
     expected = gray(folder / "reconstruction.png") - gray(folder / "counterfactual.png")

@@ -92,7 +92,7 @@ def test_background_writers_give_the_same_files_as_inline_writing(catalogue, tin
     threaded = dva_run(catalogue, images, tmp_path / "threads", model=str(tiny_sd), batch_size=1, writer_threads=2)
     assert threaded.count("done") == 3
     for image in images:
-        for name in ("counterfactual.png", "attribution.png", "overlay.png", "fullsize/overlay.png"):
+        for name in ("counterfactual.png", "attribution.png", "overlay.png", "fullsize/counterfactual.png"):
             inline_bytes = (tmp_path / "inline" / image.stem / name).read_bytes()
             assert (tmp_path / "threads" / image.stem / name).read_bytes() == inline_bytes, name
         inline_maps = load_file(str(tmp_path / "inline" / image.stem / "attribution.safetensors"))
@@ -175,7 +175,7 @@ def test_non_square_input_keeps_aspect_and_maps_overlay_the_original(catalogue, 
     masks = tmp_path / "masks"
     masks.mkdir()
     Image.fromarray(mask).save(masks / "wide.png")
-    dva_run(catalogue, [tmp_path / "wide.png"], tmp_path / "out", mask=str(masks), model=str(tiny_sd))
+    dva_run(catalogue, [tmp_path / "wide.png"], tmp_path / "out", mask=str(masks), model=str(tiny_sd), fullsize="all")
     folder = tmp_path / "out" / "wide"
     assert Image.open(folder / "input.png").size == (64, 64)
     for name in ("counterfactual", "attribution", "overlay"):

@@ -25,7 +25,7 @@ def maps(out, stem):
 
 
 def test_three_samples_average_three_single_runs_and_save_their_spread(catalogue, tiny_sd, images, tmp_path):
-    result = dva_run(catalogue, images[:1], tmp_path / "mean", model=str(tiny_sd), samples=3)
+    result = dva_run(catalogue, images[:1], tmp_path / "mean", model=str(tiny_sd), samples=3, fullsize="all")
     singles = [dva_run(catalogue, images[:1], tmp_path / f"seed{SEED + k}", model=str(tiny_sd), seed=SEED + k)
                for k in range(3)]
     assert result.exit_code == 0 and all(single.exit_code == 0 for single in singles)

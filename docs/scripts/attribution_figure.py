@@ -36,7 +36,7 @@ def main() -> None:
     names = sorted(p.stem for p in (SAMPLES / "images").glob("*.png"))
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([sys.executable, "-m", "dva", "run", "--entry", "tiny-phantom", str(SAMPLES / "images"),
-                        "--mask", str(SAMPLES / "masks"),
+                        "--mask", str(SAMPLES / "masks"), "--fullsize", "all",
                         "--out", out], check=True)
         rows = []
         for name in names:

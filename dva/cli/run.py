@@ -16,7 +16,7 @@ from dva.core.settings import RUN_SETTINGS, select
 RUN_FLAGS = (
     "entry", "registries", "model", "revision", "encoder", "encoder_path", "prior", "prior_options", "scheduler",
     "modality", "bit_depth", "modality_options", "prompt", "negative_prompt", "steps", "strength", "region", "guidance_scale",
-    "seed", "batch_size", "tile", "tile_overlap", "samples", "reference", "calibration", "mask", "device", "compile", "channels_last",
+    "seed", "batch_size", "tile", "tile_overlap", "samples", "reference", "calibration", "fullsize", "mask", "device", "compile", "channels_last",
     "vae_slicing", "dtype", "strict", "out", "num_processes",
 )
 

@@ -70,6 +70,9 @@ class Scan:
     sha256: str
     kind: str  # "png", "jpeg", "dicom", ...
     notes: tuple[str, ...] = ()  # what reading decided for the user to know (the bit depth it assumed)
+    # pixels = stored values / (2**bit_depth - 1): the depth outputs map back to; None where pixels are not a
+    # plain scaling of stored values (DICOM, windowed; float images, stretched)
+    bit_depth: int | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -104,6 +107,7 @@ class ScanInput:
     images: tuple[ScanImage, ...]
     context: Any = None
     notes: tuple[str, ...] = ()  # what the reader assumed that the user should know (reported per image)
+    bit_depth: int | None = None  # as :class:`Scan`'s: above 8, dva also writes a 16-bit counterfactual on this scale
 
 
 @dataclass(frozen=True)

@@ -161,14 +161,15 @@ def read_scan(path: str | Path, bit_depth: int | None = None) -> Scan:
     sha = hashlib.sha256(data).hexdigest()
     # Decode the very bytes that were hashed, so the hash always describes the pixels.
     notes: tuple[str, ...] = ()
+    bits: int | None = None  # DICOM pixels are windowed, not the stored values scaled: no depth to write back to
     if path.suffix.lower() in DICOM_EXTENSIONS or data[128:132] == b"DICM":
         pixels, kind = _read_dicom(path, data), "dicom"
     else:
-        pixels, kind, notes = _read_picture(path, data, bit_depth)
+        pixels, kind, notes, bits = _read_picture(path, data, bit_depth)
     height, width = pixels.shape
     if min(height, width) < MIN_SIDE:
         raise InputError(f"{path}: the image is {width}x{height} pixels; dva needs at least {MIN_SIDE} on each side.")
-    return Scan(path, pixels, sha, kind, notes)
+    return Scan(path, pixels, sha, kind, notes, bits)
 
 
 DETECTED_DEPTHS = (10, 12, 14)  # what X-ray detectors store in 16-bit files, besides 16 bits proper
@@ -207,7 +208,9 @@ def detect_bit_depth(values: np.ndarray, declared: int | None) -> tuple[int, str
     return 16, None
 
 
-def _read_picture(path: Path, data: bytes, bit_depth: int | None = None) -> tuple[np.ndarray, str, tuple[str, ...]]:
+def _read_picture(
+    path: Path, data: bytes, bit_depth: int | None = None
+) -> tuple[np.ndarray, str, tuple[str, ...], int | None]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     # dva checks the size on the header, before decoding. Pillow's process-wide limit is left alone
@@ -220,7 +223,7 @@ def _read_picture(path: Path, data: bytes, bit_depth: int | None = None) -> tupl
             image.load()
             if image.getexif().get(0x0112, 1) != 1:  # EXIF orientation: show it the way it was taken
                 image = ImageOps.exif_transpose(image)
-            pixels, notes = _to_gray(image, bit_depth, png_significant_bits(data))
+            pixels, notes, bits = _to_gray(image, bit_depth, png_significant_bits(data))
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -234,11 +237,14 @@ def _read_picture(path: Path, data: bytes, bit_depth: int | None = None) -> tupl
         raise InputError(f"{path}: the image does not fit in memory; downscale it first.") from error
     except Exception as error:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on bad data
         raise InputError(f"{path}: the image is damaged or truncated ({_reason(error)}); re-export it.") from error
-    return pixels, kind, notes
+    return pixels, kind, notes, bits
 
 
-def _to_gray(image, bit_depth: int | None = None, declared: int | None = None) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Grayscale intensity in [0, 1] for any PIL mode, keeping 16-bit precision, and notes on what was assumed.
+def _to_gray(
+    image, bit_depth: int | None = None, declared: int | None = None
+) -> tuple[np.ndarray, tuple[str, ...], int | None]:
+    """Grayscale intensity in [0, 1] for any PIL mode, keeping 16-bit precision, notes on what was assumed, and
+    the bit depth the values were divided by (``pixels = values / (2**bits - 1)``; None for float images).
 
     16-bit images are scaled by their bit depth: ``bit_depth`` when given, else :func:`detect_bit_depth`.
     """
@@ -248,21 +254,21 @@ def _to_gray(image, bit_depth: int | None = None, declared: int | None = None) -
     if deep or image.mode == "I":
         values = np.asarray(image, dtype=np.float32)
         if image.mode == "I" and bit_depth is None and values.max() <= 255:
-            return np.clip(values / 255.0, 0.0, 1.0), ()
+            return np.clip(values / 255.0, 0.0, 1.0), (), 8
         if bit_depth is not None:
             bits, note = bit_depth, None
         else:
             bits, note = detect_bit_depth(values, declared)
-        return np.clip(values / float(2**bits - 1), 0.0, 1.0), (note,) if note else ()
+        return np.clip(values / float(2**bits - 1), 0.0, 1.0), (note,) if note else (), bits
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
-        return _min_max(values), ()
+        return _min_max(values), (), None
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         background.alpha_composite(image)
         image = background
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, ()
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0, (), 8
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
@@ -521,20 +527,48 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+PNG_LEVEL = 1  # zlib level: a 2500x2048 output encodes 3x faster than at Pillow's default 6, for ~8% more bytes
+
+
+def to_uint8(array: np.ndarray) -> np.ndarray:
+    """A float [0, 1] array as uint8 levels (clipped, rounded); a uint8 array as it is."""
+    if array.dtype == np.uint8:
+        return array
+    return (np.clip(array, 0.0, 1.0) * np.float32(255.0) + np.float32(0.5)).astype(np.uint8)
+
+
 def png_bytes(array: np.ndarray) -> bytes:
-    """Encode a float [0, 1] gray (H, W) or RGB (H, W, 3) array, or a uint8 one, as PNG.
-
-    zlib level 1: a 2500x2048 output encodes 3x faster than at Pillow's default level 6, for ~8% more bytes.
-    """
-    import io as _io
-
+    """Encode a float [0, 1] gray (H, W) or RGB (H, W, 3) array, or a uint8 one, as PNG (zlib level 1)."""
     from PIL import Image
 
-    if array.dtype != np.uint8:
-        array = (np.clip(array, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     buffer = _io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    Image.fromarray(to_uint8(array)).save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()
+
+
+def png16_bytes(values: np.ndarray, significant_bits: int = 16) -> bytes:
+    """Encode gray ``(H, W)`` uint16 ``values`` as a 16-bit PNG whose ``sBIT`` chunk says how many bits hold data.
+
+    :func:`read_scan` reads such a file back as the same values on the same scale (it believes ``sBIT``).
+    Pillow writes an ``sBIT`` chunk handed to it in ``pnginfo`` before the image data, where PNG wants it.
+    """
+    from PIL import Image, PngImagePlugin
+
+    if values.dtype != np.uint16 or values.ndim != 2:
+        raise ValueError(f"png16_bytes takes gray uint16 values, not {values.dtype} of shape {values.shape}")
+    info = PngImagePlugin.PngInfo()
+    if significant_bits < 16:
+        info.add(b"sBIT", bytes([significant_bits]))
+    buffer = _io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG", compress_level=PNG_LEVEL, pnginfo=info)
+    return buffer.getvalue()
+
+
+def to_stored_values(pixels: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Intensities in [0, 1] back on a ``bit_depth``-bit input's own scale (the inverse of :func:`read_scan`'s
+    ``values / (2**bit_depth - 1)``), rounded, as uint16."""
+    top = float(2**bit_depth - 1)
+    return np.rint(np.clip(pixels, 0.0, 1.0).astype(np.float64) * top).astype(np.uint16)
 
 
 def atomic_write_png(path: str | Path, array: np.ndarray) -> None:

@@ -40,7 +40,8 @@ def versions() -> dict[str, str]:
 # changes no output), so that a run made before them still resumes: (recipe field, option, default).
 LATER_OPTIONS: tuple[tuple[str, str, Any], ...] = (("prior_options", "region", ""),)
 # Recipe settings added after runs were fingerprinted, left out at their default likewise: (setting, default).
-LATER_SETTINGS: tuple[tuple[str, Any], ...] = (("calibration", "auto"), ("tile", "off"), ("tile_overlap", 0.5))
+LATER_SETTINGS: tuple[tuple[str, Any], ...] = (("calibration", "auto"), ("tile", "off"), ("tile_overlap", 0.5),
+                                                  ("fullsize", "counterfactual"))
 
 
 def fingerprint(recipe: dict[str, Any], extra: dict[str, Any]) -> str:

@@ -53,7 +53,7 @@ def read_input(spec: Any, path: str | Path, mask: str | Path | None = None, opti
     if isinstance(found, io.Scan):
         image_mask = io.read_mask(mask, found.size) if mask is not None else None
         found = ScanInput(found.path, found.sha256, found.kind, (ScanImage(found.pixels, "", image_mask),),
-                          notes=found.notes)
+                          notes=found.notes, bit_depth=found.bit_depth)
     return check_input(found, spec)
 
 
@@ -89,7 +89,8 @@ def check_input(found: Any, spec: Any) -> ScanInput:
                 raise broken(f"returned image {image.name!r} with a mask of shape {region.shape}, not {pixels.shape}")
             region = region.astype(bool, copy=False)
         images.append(ScanImage(pixels, image.name, region))
-    return ScanInput(found.path, found.sha256, found.kind, tuple(images), found.context, tuple(found.notes))
+    return ScanInput(found.path, found.sha256, found.kind, tuple(images), found.context, tuple(found.notes),
+                     found.bit_depth)
 
 
 def call_writer(spec: Any, folder: Path, source: ScanInput, results: list[ImageResult]) -> list[str]:

@@ -25,7 +25,7 @@ IMAGE_OUTPUTS = (
     "input.png", "counterfactual.png", "attribution.png", "overlay.png", "reconstruction.png", "condition.png",
     "uncertainty.png", "fullsize/counterfactual.png", "fullsize/attribution.png", "fullsize/overlay.png",
     "fullsize/reconstruction.png", "fullsize/uncertainty.png", "calibrated.png", "fullsize/calibrated.png",
-    "attribution.safetensors",
+    "attribution.safetensors", "signed.png", "fullsize/signed.png", "fullsize/counterfactual-16bit.png",
 )
 UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 MAX_NAME_BYTES = 200  # file systems allow 255; room is left for the suffix and temporary-file names

@@ -175,6 +175,12 @@ RUN_SETTINGS: tuple[Setting, ...] = (
             doc="`auto`: with a calibration made with this recipe in the model folder (`dva calibrate`), write "
             "`calibrated.png` and the image's `score` too; `require`: refuse to run without one; `off`: never (see "
             "[usage.md](usage.md#calibrated-maps-and-scores))"),
+    Setting("fullsize", Option(str, "counterfactual", "Images written at the input's own size too: the "
+            "counterfactual only (default; the full-size maps are in attribution.safetensors), or all of them.",
+            choices=("counterfactual", "all")), "--fullsize",
+            doc="`counterfactual`: `fullsize/` holds the counterfactual (and, for inputs above 8 bits, its 16-bit "
+            "version); the full-size maps are floats in `attribution.safetensors`; `all`: every image at full size "
+            "too (see [usage.md](usage.md#outputs))"),
     Setting("mask", Option(str, None, "Mask image, or a folder of masks matched to inputs by file stem."), "--mask",
             path="any", in_entry=False, in_recipe=False, unset="none: whole-image maps",
             doc="a mask image, or a folder of masks matched to inputs by file stem"),

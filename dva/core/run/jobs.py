@@ -42,6 +42,7 @@ class ImageJob:
     seconds: float = 0.0
     name: str = ""  # the image's name within its file ("" when the file is one image)
     kind: str = ""  # what the input file is, as its reader says ("dicom", "png", ...)
+    bit_depth: int | None = None  # the input's (see dva.core.contracts.Scan); above 8 a 16-bit counterfactual is written
     samples: int = 1  # counterfactuals averaged into this image's outputs (--samples)
     warnings: list[str] = field(default_factory=list)  # what the user should know about this image's result
     score: float | None = None  # the image-level abnormality score (a calibrated model's run only)

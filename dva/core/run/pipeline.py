@@ -17,7 +17,7 @@ from dva.core.run.jobs import ImageJob, RunResult
 from dva.core.run.plan import Plan, already_made, holding_output_folder, plan_run
 from dva.core.run.read import InputReader
 from dva.core.run.sample import Sampler
-from dva.core.run.write import OutputWriter
+from dva.core.run.write import FULLSIZE_DEFAULT, OutputWriter
 
 
 def run(
@@ -88,7 +88,7 @@ def make_images(plan: Plan, reader: InputReader, sampler: Sampler, ledger: Ledge
     flight finish and the manifest says what was done.
     """
     writer = OutputWriter(plan.out, ledger.fingerprint, ledger.finished, workers=writer_threads,
-                          calibration=calibration)
+                          calibration=calibration, fullsize=getattr(sampler.recipe, "fullsize", FULLSIZE_DEFAULT))
     batch: list[ImageJob] = []
     completed = False
     ledger.save_manifest(force=True)

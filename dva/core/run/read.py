@@ -107,6 +107,7 @@ def fit(job: ImageJob, source: ScanInput, image: ScanImage, resolution: int) -> 
     """Fill ``job`` with one image of ``source`` fitted to the model (and its mask, if any)."""
     job.sha256 = source.sha256
     job.kind = source.kind
+    job.bit_depth = source.bit_depth
     job.name = image.name
     job.original_size = (int(image.pixels.shape[0]), int(image.pixels.shape[1]))
     io.check_fits_in_memory(source.path, *job.original_size)

@@ -21,6 +21,7 @@ from dva.core import calibration as calibration_module
 from dva.core.calibration import Calibration
 from dva.core.errors import ConfigError, InputError, machine_error
 from dva.core.run.jobs import Generated, ImageJob
+from dva.core.settings import RUN_SETTINGS, by_name
 
 
 @dataclass
@@ -36,11 +37,10 @@ class Maps:
     full_reference: np.ndarray | None
 
 
-# --fullsize: the full-size images written besides the counterfactual. Every full-size image but the
-# counterfactual is the model-size one resized (the model sees no more), and its values are in
-# attribution.safetensors; as PNGs they cost the most time at real scan sizes (docs/benchmarks.md).
-FULLSIZE_CHOICES = ("counterfactual", "all")
-FULLSIZE_DEFAULT = "counterfactual"
+# --fullsize (dva.core.settings): which images are written at the input's size too. Every full-size image but the
+# counterfactual is a model-size one resized (the model sees no more) and its values are in attribution.safetensors;
+# as PNGs they cost the most time at real scan sizes (docs/benchmarks.md), so by default only the counterfactual is.
+FULLSIZE_DEFAULT: str = by_name(RUN_SETTINGS)["fullsize"].option.default
 COUNTERFACTUAL_16BIT = "fullsize/counterfactual-16bit.png"
 
 
