@@ -110,3 +110,8 @@ def test_bench_evaluations_quick_charges_each_setting_its_unet_evaluations(tmp_p
         "ddim-inversion 0.6, 2 steps, guidance 4 vs reconstruction": 4,
         "sdedit 0.55, dpm-solver++ 2 steps, guidance 1": 1}
     assert all(0 <= row["auprc"] <= 1 for row in rows)
+
+
+def test_bench_dicom_quick_times_the_dicom_outputs_against_the_png_baseline():
+    out = run_script("bench_dicom.py", "--quick")
+    assert "baseline: full-size counterfactual PNG" in out and "dicom_files (3 DICOM outputs)" in out
