@@ -115,3 +115,14 @@ def test_bench_evaluations_quick_charges_each_setting_its_unet_evaluations(tmp_p
 def test_bench_dicom_quick_times_the_dicom_outputs_against_the_png_baseline():
     out = run_script("bench_dicom.py", "--quick")
     assert "baseline: full-size counterfactual PNG" in out and "dicom_files (3 DICOM outputs)" in out
+
+
+def test_bench_write_quick_measures_both_writing_goals_against_baselines_of_the_same_run(tmp_path):
+    out = run_script("bench_write.py", "--quick", "--json", str(tmp_path / "write.json"))
+    assert "added by 2500x2048" in out and "of the simulated rate" in out and "--fullsize all" in out
+    payload = json.loads((tmp_path / "write.json").read_text())
+    added = payload["added_cost"]
+    assert added["small_s"] > 0 and added["large_s"] > 0 and added["ratio"] == added["large_s"] / added["small_s"]
+    simulated = payload["simulated_accelerator"]
+    assert set(simulated["rows"]) == {"64x64", "2500x2048"} and 0 < simulated["large_of_simulated"] <= 1.05
+    assert [row["original_hw"] for row in payload["write_outputs"]] == [[1024, 1024], [2500, 2048]]
