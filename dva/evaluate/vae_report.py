@@ -178,6 +178,8 @@ def write_outputs(out: Path, result: CheckResult, header: dict[str, Any]) -> lis
         atomic_write_bytes(out / "worst.png", png)
         header = {**header, "contact_sheet_full_colour": scale}
         written.append("worst.png")
+    else:  # nothing was scored: a sheet left by an earlier check into this folder would not be this one's
+        (out / "worst.png").unlink(missing_ok=True)
     images = [{"input": str(check.path), "sha256": check.sha256, "status": check.status, "class": check.label,
                **({"error": check.error} if check.error else {})} for check in result.images]
     write_manifest(out, {**header, "files": written}, images)
