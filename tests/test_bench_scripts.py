@@ -25,20 +25,6 @@ def run_script(name: str, *args: str) -> str:
     return result.stdout
 
 
-def test_gpu_finetune_tiny_runs_on_the_cpu_and_says_gpu_numbers_are_pending(tmp_path):
-    out = run_script("gpu_finetune.py", "--tiny", "--json", str(tmp_path / "gpu.json"))
-    assert "GPU numbers pending" in out
-    assert "| baseline (AdamW) |" in out and "| gradient checkpointing |" in out
-    payload = json.loads((tmp_path / "gpu.json").read_text())
-    assert payload["gpu_numbers_pending"] is True
-    ran = {row["variant"]: row for row in payload["results"] if "steps_per_s" in row}
-    assert {"baseline (AdamW)", "gradient checkpointing", "checkpointing + cached latents"} <= set(ran)
-    assert all(row["steps_per_s"] > 0 for row in ran.values())
-    for row in payload["results"]:  # 8-bit Adam: measured, or skipped with a note
-        if "8-bit" in row["variant"]:
-            assert "steps_per_s" in row or row.get("skipped")
-
-
 def test_bench_finetune_quick_compares_cached_with_uncached_latents(tmp_path):
     out = run_script("bench_finetune.py", "--quick", "--json", str(tmp_path / "bench.json"))
     assert "cached/uncached" in out
@@ -82,14 +68,35 @@ def test_bench_attribution_quick_measures_maps_and_induction_on_fresh_phantoms(t
     assert set(payload["induction"]["zones_vs_reconstruction"]) == set(payload["induction"]["zones"])
 
 
-def test_gpu_run_tiny_runs_on_the_cpu_and_says_gpu_numbers_are_pending(tmp_path):
-    out = run_script("gpu_run.py", "--tiny", "--json", str(tmp_path / "gpu_run.json"))
-    assert "GPU numbers pending" in out and "| dva run, dpm-solver++ 20 steps |" in out
-    payload = json.loads((tmp_path / "gpu_run.json").read_text())
-    assert payload["gpu_numbers_pending"] is True
-    assert [row["variant"] for row in payload["results"]] == [
-        "baseline diffusers img2img, fp16, batch 1", "dva run, best settings", "dva run, dpm-solver++ 20 steps"]
-    assert all(row["seconds"] > 0 for row in payload["results"])
+def test_gpu_check_tiny_runs_every_part_and_records_a_failed_and_a_stopped_part_without_ending_the_others(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--tiny", "--out", str(tmp_path),
+                             "--fail-part", "diffusers", "--limit", "fast=0.5"],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # not every part is ok
+    payload = json.loads((tmp_path / "gpu-check.json").read_text())
+    parts = {record["part"]: record for record in payload["parts"]}
+    assert list(parts) == ["build", "diffusers", "dva", "fast", "writing", "finetune", "dva-compile"]
+    assert parts["diffusers"]["status"] == "failed" and "--fail-part" in parts["diffusers"]["reason"]
+    assert parts["fast"]["status"] == "timeout" and "stopped after" in parts["fast"]["reason"]
+    assert parts["dva-compile"]["status"] == "skipped"  # torch.compile: on a GPU only
+    assert all(parts[name]["status"] == "ok" for name in ("build", "dva", "writing", "finetune")), parts
+    assert {"python", "torch", "cpu_count"} <= set(payload["machine"]) and payload["tiny"] is True
+
+    stand_ins = parts["build"]["results"]["stand_ins"]
+    assert [row["name"].split(" ")[0] for row in stand_ins] == ["RadBERT", "SD"]
+    assert [row["batch"] for row in parts["dva"]["results"]["sampling"]] == [1, 2]
+    assert all(row["images_per_s"] > 0 and row["unet_evaluations_per_image"] > 0
+               for row in parts["dva"]["results"]["sampling"])
+    assert [row["side"] for row in parts["writing"]["results"]["writing"]] == [64, 256]
+    assert parts["writing"]["results"]["setting"]["entry"] == "tiny-phantom"  # read from the registry at run time
+    finetune = parts["finetune"]["results"]["finetune"]
+    assert finetune["steps"] == 4 and finetune["steps_per_s"] > 0 and "--entry finetune-thesis" in finetune["command"]
+
+    markdown = (tmp_path / "gpu-check.md").read_text()
+    assert "| part | status | s | limit s | reason |" in markdown and "| diffusers | failed |" in markdown
+    assert "| fast | timeout |" in markdown and "| dva run | 2 |" in markdown and "| fine-tuning |" in markdown
+    assert "part diffusers failed" in (tmp_path / "gpu-check.log").read_text()
+    assert not (tmp_path / "work").exists()  # stand-ins and outputs removed: only the three result files stay
 
 
 def test_bench_scale_quick_measures_memory_and_processes(tmp_path):
