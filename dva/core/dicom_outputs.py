@@ -99,7 +99,8 @@ def dicom_files(source: Path, counterfactual: np.ndarray, signed_map: np.ndarray
     map_values = map_stored_values(signed_map)
     pixels = {COUNTERFACTUAL: stored, MAP: map_values}
     if overlay is not None:
-        pixels[OVERLAY] = overlay if overlay.dtype == np.uint8 else (np.clip(overlay, 0, 1) * 255 + 0.5).astype(np.uint8)
+        rgb = overlay if overlay.dtype == np.uint8 else (np.clip(overlay, 0, 1) * 255 + 0.5).astype(np.uint8)
+        pixels[OVERLAY] = rgb
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in pixels.values())).hexdigest()
     try:
         made = {COUNTERFACTUAL: counterfactual_image(dataset, stored, _uids(dataset, COUNTERFACTUAL, digest)),
@@ -207,7 +208,6 @@ def _secondary_capture(dataset, name: str, pixels: np.ndarray, photometric: str,
     """A highdicom Secondary Capture of ``pixels`` in ``dataset``'s study, with its description, spacing and a
     reference to ``dataset`` as its source."""
     import highdicom
-
     from pydicom.dataset import Dataset
 
     orientation = [str(value) for value in (dataset.get("PatientOrientation") or [])]
@@ -274,12 +274,11 @@ def overlay_image(dataset, rgb: np.ndarray, uids: tuple[str, str]):
 
 def reference(image, dataset) -> None:
     """Name ``dataset`` as ``image``'s source: Source Image Sequence and Referenced Series Sequence."""
+    from highdicom.sr import CodedConcept
     from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
 
-    purpose = Dataset()
-    code = codes.DCM.SourceImageForImageProcessingOperation
-    purpose.CodeValue, purpose.CodingSchemeDesignator, purpose.CodeMeaning = code.value, code.scheme_designator, code.meaning
+    purpose = CodedConcept.from_code(codes.DCM.SourceImageForImageProcessingOperation)
     source = Dataset()
     source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = dataset.SOPClassUID, dataset.SOPInstanceUID
     source.PurposeOfReferenceCodeSequence = [purpose]
