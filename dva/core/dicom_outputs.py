@@ -10,8 +10,8 @@ Three new instances, each in its own new series of the input's study (same patie
   less the counterfactual, in dva's [0, 1] intensities) as 16-bit grayscale whose rescale gives the map's
   float values back (:data:`MAP_UNITS`, also stated in a Real World Value Mapping), windowed at the heatmap's
   scale; a viewer that fuses series (3D Slicer) overlays it on the input with a colour table.
-- ``dicom/overlay.dcm``: ``fullsize/overlay.png`` (the input with the map's heatmap) as an RGB Secondary
-  Capture, for viewers that only show images side by side.
+- ``dicom/overlay.dcm``: the input with the map's heatmap at the input's size (``overlay.png`` at full size) as an
+  RGB Secondary Capture, for viewers that only show images side by side.
 
 Secondary Capture rather than a Parametric Map for the map: highdicom's ParametricMap (0.28) fails to build
 from a single-frame CR/DX image, which has no Frame of Reference ("Unexpected mismatch between dimension index
@@ -266,9 +266,9 @@ def map_image(dataset, map_values: np.ndarray, scale: float, uids: tuple[str, st
 
 
 def overlay_image(dataset, rgb: np.ndarray, uids: tuple[str, str]):
-    """The input with the map's heatmap (``fullsize/overlay.png``) as an 8-bit RGB Secondary Capture."""
+    """The input with the map's heatmap, at the input's size, as an 8-bit RGB Secondary Capture."""
     image = _secondary_capture(dataset, OVERLAY, rgb, "RGB", 8, uids)
-    image.DerivationDescription = "dva attribution heatmap over the source image (fullsize/overlay.png)"
+    image.DerivationDescription = "dva attribution heatmap blended over the source image"
     return image
 
 
