@@ -60,6 +60,9 @@ class X4Upscaler:
                  noise_level: int, prompt: str) -> None:
         from diffusers import StableDiffusionUpscalePipeline
 
+        from dva.core.runtime import quiet_libraries
+
+        quiet_libraries()
         try:
             self.pipeline = StableDiffusionUpscalePipeline.from_pretrained(str(folder), torch_dtype=dtype)
         except (OSError, ValueError, TypeError) as error:
