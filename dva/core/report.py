@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import functools
 import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,23 +26,34 @@ from dva.core import attribution
 from dva.core.calibration import HEATMAP_SCALE as CALIBRATED_SCALE
 from dva.core.io import atomic_write_text, png_bytes
 from dva.core.report_page import SCRIPT, SORT_SCRIPT, STYLE
+from dva.core.run.write import COUNTERFACTUAL_16BIT
 
 MAX_ROWS = 200
 MAP_SIDE = 256  # the embedded grey maps are at most this many pixels a side (a 512 px map: 4 times fewer pixels)
 GRADIENT_STOPS = 17
-LEVELS = 256  # a heatmap's colour levels (matplotlib's, for its named colour maps)
+LEVELS = attribution.LEVELS  # a heatmap's colour levels
 # Images shown as they are, when the folder has them: beside the swipe, and after the maps.
 BESIDE_SWIPE = (("reconstruction.png", "reconstruction (the map's minuend)"),)
 AFTER_MAPS = (("overlay.png", "overlay"), ("uncertainty.png", "uncertainty: spread of the samples' maps, on the map's scale"),
               ("condition.png", "condition"))
-SIGNED_COLOURS = ("#2166ac", "#f7f7f7", "#b2182b")  # signed.png's diverging bar: darker, unchanged, brighter
 
 
 def colour_table() -> list[list[int]]:
-    """The RGB colours (0-255) of the heatmaps' 256 levels, from dva.core.attribution itself (level ``i`` holds
-    the values ``i/256`` to ``(i+1)/256`` of full colour), so the page paints a map as ``attribution.png`` shows it."""
-    centres = ((np.arange(LEVELS, dtype=np.float32) + 0.5) / LEVELS)[None, :]
-    return np.rint(attribution.heatmap(centres, 1.0)[0] * 255).astype(int).tolist()
+    """The RGB colours (0-255) of the heatmaps' 256 levels: dva.core.attribution's own lookup table, so the page
+    paints a map exactly as ``attribution.png`` shows it."""
+    return attribution.colour_table(attribution.HEATMAP_COLORMAP).astype(int).tolist()
+
+
+def thumbnail_uri(path: Path, side: int = MAP_SIDE) -> str:
+    """An image file as a PNG ``data:`` URI at most ``side`` pixels a side (for pages that embed their images,
+    such as dva compare's contact sheet)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.thumbnail((side, side))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 @dataclass
@@ -110,14 +122,12 @@ def heat_gradient() -> str:
 
 @functools.cache
 def signed_gradient() -> str:
-    """The signed map's diverging colour bar (dark blue, white at zero, dark red) as a CSS gradient."""
-    return _gradient(SIGNED_COLOURS)
+    """The signed map's colour bar (``signed.png``'s colour map, -full colour to +full colour) as a CSS gradient."""
+    return _gradient(attribution.colour_table(attribution.SIGNED_COLORMAP).astype(int).tolist())
 
 
-def _gradient(colours: list[list[int]] | tuple[str, ...]) -> str:
-    """A CSS linear gradient through ``colours`` (RGB triples, evenly sampled, or CSS colours)."""
-    if colours and isinstance(colours[0], str):
-        return f"linear-gradient(to right,{','.join(colours)})"
+def _gradient(colours: list[list[int]]) -> str:
+    """A CSS linear gradient through ``GRADIENT_STOPS`` evenly sampled of ``colours`` (RGB triples, 0-255)."""
     picked = [colours[round(i * (len(colours) - 1) / (GRADIENT_STOPS - 1))] for i in range(GRADIENT_STOPS)]
     return "linear-gradient(to right," + ",".join(f"rgb({r},{g},{b})" for r, g, b in picked) + ")"
 
@@ -181,8 +191,16 @@ class Card:
                  f'{_image(self.href("counterfactual.png"), "counterfactual", "top")}<div class="line"></div></div>')
         slider = ('<input type="range" min="0" max="100" value="50" oninput="dvaSwipe(this)" '
                   'aria-label="swipe between input and counterfactual">')
-        return _figure(stack, "input | counterfactual (swipe)", self.links("counterfactual.png"), slider,
-                       ' class="swipe"')
+        return _figure(stack, "input | counterfactual (swipe)", self.links("counterfactual.png") + self.extra_links(),
+                       slider, ' class="swipe"')
+
+    def extra_links(self) -> tuple[tuple[str, str], ...]:
+        """The counterfactual in other forms: 16-bit PNG (inputs above 8 bits), DICOM (DICOM inputs)."""
+        found = [("16-bit", self.href(COUNTERFACTUAL_16BIT))] if self.has(COUNTERFACTUAL_16BIT) else []
+        dicom = self.folder / "dicom"
+        if dicom.is_dir():
+            found += [(f"DICOM {path.stem}", self.href(f"dicom/{path.name}")) for path in sorted(dicom.glob("*.dcm"))]
+        return tuple(found)
 
     def painted(self, grey: GreyMap | None, png: str, caption: str, ticks: tuple[str, ...], unit: str,
                 full: float) -> str:

@@ -70,7 +70,7 @@ def contact_sheet_png(outcomes: list[Outcome], path: Path) -> None:
 
 
 def contact_sheet_html(outcomes: list[Outcome], path: Path, table_html: str) -> None:
-    from dva.core.report import _thumbnail as data_uri
+    from dva.core.report import thumbnail_uri as data_uri
 
     header = "".join(f"<th colspan=2>{html.escape(o.combination.label)}"
                      f"{'' if o.error is None else '<br><span class=bad>' + html.escape(o.error) + '</span>'}</th>"
