@@ -149,7 +149,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
                                       ranks, resolve_all, run_all)
     from dva.evaluate.evaluation import Settings
     from dva.evaluate.figures import contact_sheet_html, contact_sheet_png, measures_html, plots
-    from dva.evaluate.tables import to_csv, to_markdown, to_rich
+    from dva.evaluate.tables import print_table, to_csv, to_markdown
 
     console = Console(stderr=True, soft_wrap=True)
     check_rank_by(rank_by, real)
@@ -207,7 +207,8 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     contact_sheet_png(outcomes, target / "contact_sheet.png")
     contact_sheet_html(outcomes, target / "contact_sheet.html", measures_html(outcomes))
     figures = plots(outcomes, target / "plots")
-    Console(soft_wrap=True).print(to_rich(table))
+    table.label_columns = table.columns.index("images")  # rank and the compared values name a combination
+    print_table(Console(), table)
     console.print(f"Written to {target}/: comparison.csv, .md, .json, contact_sheet.png, contact_sheet.html"
                   + "".join(f", plots/{p.name}" for p in figures), highlight=False)
     failed = sum(o.error is not None for o in outcomes)

@@ -89,7 +89,7 @@ def evaluate(ctx: click.Context, real: str | None, generated: tuple[str, ...], m
     from dva.datasets.layouts import open_dataset
     from dva.evaluate.evaluation import Settings, evaluate as run_evaluation, write_evaluation
     from dva.evaluate.runs import read_run
-    from dva.evaluate.tables import to_rich
+    from dva.evaluate.tables import print_table
 
     catalogue = get_catalogue()
     options = parse_metric_options(metric_option)
@@ -110,7 +110,7 @@ def evaluate(ctx: click.Context, real: str | None, generated: tuple[str, ...], m
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     for table in result.tables:
-        console.print(to_rich(table))
+        print_table(console, table)
     console.print(f"Tables written to {target}/ ({', '.join(p.name for p in written)}).", highlight=False)
     return 0
 

@@ -37,9 +37,9 @@ def phantoms(out: str, n: int, size: int, seed: int, classes: str) -> int:
     from pathlib import Path
 
     from rich.console import Console
-    from rich.table import Table
 
     from dva.datasets.phantoms import make_phantoms
+    from dva.evaluate.tables import Table, print_table
 
     started = time.perf_counter()
     root = make_phantoms(Path(out), n=n, size=size, seed=seed, classes=classes.split(","))
@@ -51,13 +51,11 @@ def phantoms(out: str, n: int, size: int, seed: int, classes: str) -> int:
     lesion = Counter()
     for row in rows:
         lesion[row["class"]] += float(row["lesion_fraction"])
-    table = Table(title=f"phantoms in {root}", title_justify="left")
-    for column in ("class", "images", "mean lesion area", "folder (images/, masks/, lesions/)"):
-        table.add_column(column)
-    for label, count in counts.items():
-        table.add_row(label, str(count), f"{100 * lesion[label] / count:.2f}% of the image", f"{label}/")
+    rows = [[label, count, f"{100 * lesion[label] / count:.2f}% of the image", f"{label}/"]
+            for label, count in counts.items()]
     console = Console()
-    console.print(table)
+    print_table(console, Table("phantoms", f"phantoms in {root}", ["class", "images", "mean lesion area", "folder"],
+                               rows, notes=["Each folder holds images/, masks/ (lungs) and lesions/."]))
     if zones:
         console.print("Lung Opacity zones: " + ", ".join(f"{zone} {count}" for zone, count in sorted(zones.items())))
     console.print(

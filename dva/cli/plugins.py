@@ -42,18 +42,15 @@ def plugins(as_json: bool, strict: bool) -> int:
         click.echo(json.dumps(data, indent=2))
     else:
         from rich.console import Console
-        from rich.table import Table
+
+        from dva.evaluate.tables import Table, print_table
 
         console = Console()
         for kind, rows in data["components"].items():
-            if not rows:
-                continue
-            table = Table(title=PLURALS.get(kind, kind + "s"), title_justify="left")
-            for column in ("name", "description", "provided by"):
-                table.add_column(column)
-            for row in rows:
-                table.add_row(row["name"], row["description"], f"{row['distribution']} {row['version']}")
-            console.print(table)
+            if rows:
+                print_table(console, Table(kind, PLURALS.get(kind, kind + "s"), ["name", "description", "provided by"],
+                                           [[row["name"], row["description"], f"{row['distribution']} {row['version']}"]
+                                            for row in rows]))
         for broken in data["broken"]:
             console.print(
                 f"[bold red]Broken plugin[/] {broken['plugin']} ({broken['distribution']} {broken['version']}): "

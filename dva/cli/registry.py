@@ -29,36 +29,26 @@ def registry() -> None:
 def show(name: str | None, registries: tuple[str, ...], as_json: bool) -> int:
     """Print the resolved recipe of entry NAME, or list all entries."""
     from rich.console import Console
-    from rich.table import Table
 
     from dva.core.plugins import get_catalogue
     from dva.core.registry import load_entries, resolve
+    from dva.evaluate.tables import Table, print_table
 
     entries = load_entries(registries)
     if name is None:
         if as_json:
             click.echo(json.dumps({n: e.values for n, e in entries.items()}, indent=2))
             return 0
-        table = Table(title="registry entries", title_justify="left")
-        table.add_column("entry")
-        table.add_column("description")
-        table.add_column("source")
-        for entry in entries.values():
-            table.add_row(entry.name, str(entry.values.get("description", "")), entry.source)
-        Console().print(table)
+        rows = [[entry.name, str(entry.values.get("description", "")), entry.source] for entry in entries.values()]
+        print_table(Console(), Table("registry", "registry entries", ["entry", "description", "source"], rows))
         return 0
     recipe = resolve(entries, get_catalogue(), name).to_dict()
     if as_json:
         click.echo(json.dumps(recipe, indent=2))
         return 0
-    table = Table(title=f"entry '{name}' ({entries[name].source})", title_justify="left")
-    table.add_column("key")
-    table.add_column("value")
-    for key, value in recipe.items():
-        if value is None and key in DEFAULT_MEANING:
-            value = DEFAULT_MEANING[key]
-        table.add_row(key, str(value))
-    Console().print(table)
+    rows = [[key, str(DEFAULT_MEANING[key] if value is None and key in DEFAULT_MEANING else value)]
+            for key, value in recipe.items()]
+    print_table(Console(), Table("entry", f"entry '{name}' ({entries[name].source})", ["key", "value"], rows))
     return 0
 
 
@@ -67,7 +57,8 @@ def show(name: str | None, registries: tuple[str, ...], as_json: bool) -> int:
 def validate(registries: tuple[str, ...]) -> int:
     """Check every entry: component names against the registered plugins, and value types."""
     from dva.core.plugins import get_catalogue
-    from dva.core.registry import load_entries, validate as check
+    from dva.core.registry import load_entries
+    from dva.core.registry import validate as check
 
     entries = load_entries(registries)
     problems = check(entries, get_catalogue())

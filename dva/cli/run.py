@@ -123,14 +123,11 @@ def terminated_as_interrupt() -> Iterator[None]:
 
 def _summary(console: Any, result: Any) -> None:
     """How many images were generated, resumed and failed, and where the outputs are."""
-    from rich.table import Table
+    from dva.evaluate.tables import Table, print_table
 
-    table = Table(title="dva run", title_justify="left")
-    table.add_column("images")
-    table.add_column("count", justify="right")
-    for status, label in (("done", "generated"), ("skipped", "already complete (resumed)"), ("failed", "failed")):
-        table.add_row(label, str(result.count(status)))
-    console.print(table)
+    counts = [[label, result.count(status)] for status, label in
+              (("done", "generated"), ("skipped", "already complete (resumed)"), ("failed", "failed"))]
+    print_table(console, Table("run", "dva run", ["images", "count"], counts))
     calibration = result.header.get("calibration") or {}
     if calibration.get("calibrated"):
         console.print(f"calibrated maps and image scores (against {calibration.get('images')} healthy scans)")

@@ -27,6 +27,7 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 CHECK_WIDTHS = (800, 1280, 1920)
 SCREENSHOT_WIDTHS = (1280, 1920)
 WINDOW_HEIGHT = 1000
+CHROMIUM_TIMEOUT_S = 120
 INSTALL_HINT = ("Chromium is needed for make check-report: install Debian's package (sudo apt-get install -y "
                 "chromium) or put a chromium, chromium-browser or google-chrome on PATH.")
 
@@ -91,7 +92,10 @@ def find_browser() -> str | None:
 def _chromium(browser: str, width: int, *args: str) -> subprocess.CompletedProcess:
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--mute-audio",
                f"--window-size={width},{WINDOW_HEIGHT}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    try:
+        return subprocess.run(command, check=False, capture_output=True, text=True, timeout=CHROMIUM_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(command, 124, "", f"chromium did not finish in {CHROMIUM_TIMEOUT_S} s")
 
 
 def inspect(browser: str, page: Path, width: int) -> dict:
@@ -103,7 +107,7 @@ def inspect(browser: str, page: Path, width: int) -> dict:
         done = _chromium(browser, width, "--virtual-time-budget=5000", "--dump-dom", probed.resolve().as_uri())
     finally:
         probed.unlink(missing_ok=True)
-    found = re.search(r'<pre id="dva-check">(.*?)</pre>', done.stdout, re.S)
+    found = re.search(r'<pre id="dva-check">(.*?)</pre>', done.stdout, re.DOTALL)
     if not found:
         return {"errors": [f"the page never reported (chromium exit {done.returncode}): {done.stderr[-500:]}"]}
     import html
