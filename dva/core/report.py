@@ -288,9 +288,10 @@ def _settings(header: dict[str, Any]) -> list[tuple[str, str]]:
     if recipe.get("reference"):
         found.append(("reference", str(recipe["reference"])))
     calibration = header.get("calibration") or {}
-    if calibration:
-        found.append(("calibration", f"against {calibration.get('images')} healthy scans"
-                      if calibration.get("calibrated") else str(calibration.get("reason") or "none")))
+    if calibration.get("calibrated"):
+        found.append(("calibration", f"against {calibration.get('images')} healthy scans"))
+    elif calibration:
+        found.append(("calibration", "none"))
     if recipe.get("seed") is not None:
         found.append(("seed", str(recipe["seed"])))
     return found
@@ -325,6 +326,9 @@ def write_report(out: Path, header: dict[str, Any], images: list[dict[str, Any]]
               if pairing.get("paired") is False else "")
     note = f'<p class="note">{html.escape(header["model_note"])}</p>' if header.get("model_note") else ""
     settings = "".join(f"<li>{html.escape(k)} <b>{html.escape(v)}</b></li>" for k, v in _settings(header))
+    reason = (header.get("calibration") or {}).get("reason")
+    if reason and not header["calibration"].get("calibrated"):
+        settings += f'<li class="why">(not calibrated: {html.escape(str(reason))})</li>'
     more = len(completed) - len(shown)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

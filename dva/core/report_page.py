@@ -24,6 +24,7 @@ h2{font-size:1.1rem}
 .settings{display:flex;flex-wrap:wrap;gap:.25rem 1.4rem;margin:.4rem 0;padding:0;list-style:none;color:var(--muted);
 font-size:.9rem}
 .settings b{color:var(--fg);font-weight:600}
+.settings .why{font-size:.8rem}
 .controls{position:sticky;top:0;z-index:2;background:rgba(16,18,20,.96);display:flex;flex-wrap:wrap;align-items:center;
 gap:.5rem 1.6rem;padding:.55rem 1.5rem;border-bottom:1px solid var(--line);font-size:.9rem}
 .controls label{display:flex;align-items:center;gap:.5rem}
@@ -39,7 +40,8 @@ button:hover{background:#343b45}
 .numbers{display:flex;flex-wrap:wrap;gap:.1rem 1.1rem;margin:.3rem 0 .6rem;padding:0;list-style:none;font-size:.82rem;
 color:var(--muted)}
 .numbers b{color:var(--fg);font-weight:600}
-.panels{display:grid;grid-template-columns:repeat(auto-fill,minmax(10.5rem,1fr));gap:.7rem}
+.panels{display:grid;grid-template-columns:repeat(auto-fit,minmax(10.5rem,1fr));gap:.7rem}
+.panels>figure{max-width:22rem}
 figure{margin:0;min-width:0}
 figcaption{font-size:.78rem;color:var(--muted);margin-top:.25rem}
 figcaption a{color:var(--muted)}
@@ -59,6 +61,7 @@ margin-left:-1px;background:#fff}
 .ticks{display:flex;justify-content:space-between;font-size:.72rem;color:var(--muted);line-height:1.2}
 .unit{font-size:.72rem;color:var(--muted)}
 .hidden-below{display:block}
+.hidden-below:empty{display:none}
 .note{color:#fb4;font-weight:600;font-size:.85rem;margin:.2rem 0}
 .banner{background:#a00;color:#fff;font-weight:bold;padding:1em;border:3px solid #f44}
 section{padding:0 1.5rem 1rem}
