@@ -248,7 +248,7 @@ def test_region_is_passed_to_every_combination(tiny_radbert_model, phantoms, tmp
     assert code == 0, capsys.readouterr().err
     for run in ("s0.3", "s0.6"):
         recipe = json.loads((out / "runs" / run / "manifest.json").read_text())["recipe"]
-        assert recipe["prior_options"]["region"] == "left upper" and recipe["prior_options"]["strength"] in (0.3, 0.6)
+        assert recipe["prior_options"]["region"] == "left-upper" and recipe["prior_options"]["strength"] in (0.3, 0.6)
 
 
 def test_calibration_applies_to_the_combination_it_was_made_for_and_rows_rank_by_null_ratio(
