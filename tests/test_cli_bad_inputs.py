@@ -19,6 +19,8 @@ from PIL import Image
 IMAGE_FILES = ("input.png", "counterfactual.png", "attribution.png", "signed.png", "overlay.png")
 FULLSIZE_FILES = ("fullsize/counterfactual.png",)  # the other full-size images: --fullsize all
 OUTPUT_FILES = (*IMAGE_FILES, *FULLSIZE_FILES, "attribution.safetensors", "record.json")
+DEEP = "tall16"  # the 16-bit input of good_images, whose counterfactual is also written on its own scale
+DEEP_FILES = ("fullsize/counterfactual-16bit.png",)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,8 @@ def leftovers(out: Path) -> list[Path]:
 
 
 def assert_complete(folder: Path, size: tuple[int, int]) -> None:
-    for name in OUTPUT_FILES:
+    expected = (*OUTPUT_FILES, *DEEP_FILES) if folder.name == DEEP else OUTPUT_FILES
+    for name in expected:
         assert (folder / name).is_file(), f"{folder.name}/{name} missing"
     for name in IMAGE_FILES:
         with Image.open(folder / name) as image:
@@ -106,7 +109,7 @@ def assert_complete(folder: Path, size: tuple[int, int]) -> None:
     assert tensors["attribution_fullsize"].shape == size
     record = json.loads((folder / "record.json").read_text())
     assert record["status"] == "done"
-    assert sorted(record["files"]) == sorted(name for name in OUTPUT_FILES if name != "record.json")
+    assert sorted(record["files"]) == sorted(name for name in expected if name != "record.json")
 
 
 def assert_one_error_line(err: str) -> str:
@@ -155,7 +158,7 @@ def test_all_good_exits_0_and_a_rerun_skips_them_without_touching_a_file(model, 
     assert code == 0, err
     assert {image["status"] for image in manifest(out)["images"]} == {"done"}
     before = snapshot(out)
-    assert len(before) == len(good_images) * len(OUTPUT_FILES)
+    assert len(before) == len(good_images) * len(OUTPUT_FILES) + len(DEEP_FILES)
 
     code, _, err = dva(capsys, *run_args(model, out, *good_images))
     assert code == 0, err
