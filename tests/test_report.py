@@ -92,7 +92,7 @@ def test_each_map_has_a_colour_bar_on_its_own_scale_with_units(run_folder):
     assert "grey levels (0 = black, 1 = white)" in card
     calibrated = _card(page, "Lung Opacity-7")
     assert calibrated.count('class="bar thresholded"') == 2 and f"<span>{HEATMAP_SCALE:.3g}</span>" in calibrated
-    assert "healthy standard deviations" in calibrated
+    assert "healthy standard deviations beyond what healthy scans show" in calibrated
 
 
 def test_the_page_paints_a_map_with_the_colours_of_its_png(run_folder):

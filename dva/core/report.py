@@ -155,7 +155,7 @@ def _figure(content: str, caption: str, links: tuple[tuple[str, str], ...] = (),
     ``detail`` such as the bar's unit, and links to the files)."""
     linked = " · ".join(f'<a href="{href}">{html.escape(label)}</a>' for label, href in links)
     return (f'<figure{attributes}>{content}{extra}<figcaption><span class="what">{html.escape(caption)}</span>'
-            f"{'<br>' + detail if detail else ''}{'<br>' + linked if linked else ''}</figcaption></figure>")
+            f'{detail}{f"<span>{linked}</span>" if linked else ""}</figcaption></figure>')
 
 
 def _image(href: str, alt: str, css: str = "") -> str:
@@ -223,7 +223,7 @@ class Card:
         if self.maps.calibrated is not None or self.has("calibrated.png"):
             panels.append(self.painted(self.maps.calibrated, "calibrated.png", "calibrated map",
                                        ("0", _number(CALIBRATED_SCALE / 2), _number(CALIBRATED_SCALE)),
-                                       "healthy standard deviations above the healthy mean", CALIBRATED_SCALE))
+                                       "healthy standard deviations beyond what healthy scans show", CALIBRATED_SCALE))
         if self.has("signed.png"):
             ticks = (f"−{_number(scale)}", "0", f"+{_number(scale)}") if scale else ("darker", "0", "brighter")
             unit = "grey levels; red: brighter than the counterfactual"
@@ -327,7 +327,7 @@ def write_report(out: Path, header: dict[str, Any], images: list[dict[str, Any]]
     note = f'<p class="note">{html.escape(header["model_note"])}</p>' if header.get("model_note") else ""
     settings = "".join(f"<li>{html.escape(k)} <b>{html.escape(v)}</b></li>" for k, v in _settings(header))
     reason = (header.get("calibration") or {}).get("reason")
-    if reason and not header["calibration"].get("calibrated"):
+    if reason and reason != "calibration off" and not header["calibration"].get("calibrated"):
         settings += f'<li class="why">(not calibrated: {html.escape(str(reason))})</li>'
     more = len(completed) - len(shown)
     page = f"""<!doctype html>

@@ -44,6 +44,7 @@ color:var(--muted)}
 .panels>figure{max-width:22rem}
 figure{margin:0;min-width:0}
 figcaption{font-size:.78rem;color:var(--muted);margin-top:.25rem}
+figcaption>span{display:block}
 figcaption a{color:var(--muted)}
 .what{color:var(--fg)}
 .stack{position:relative;line-height:0;background:#000}
