@@ -133,3 +133,11 @@ def test_bench_write_quick_measures_both_writing_goals_against_baselines_of_the_
     simulated = payload["simulated_accelerator"]
     assert set(simulated["rows"]) == {"64x64", "2500x2048"} and 0 < simulated["large_of_simulated"] <= 1.05
     assert [row["original_hw"] for row in payload["write_outputs"]] == [[1024, 1024], [2500, 2048]]
+
+
+def test_measure_calibration_calibrates_a_copy_of_the_bundled_model_and_tables_raw_against_calibrated(tmp_path):
+    out = run_script("measure_calibration.py", "--seed", "11", "--n", "1", "--calibration-images", "3", "--steps", "2",
+                     "--work", str(tmp_path / "work"))
+    assert "| seed | map | pixel AUPRC | best Dice | null ratio | image AUROC | image AUPRC |" in out
+    assert "| 11 | raw |map|, score: top 1% |" in out and "| 11 | **calibrated (dva's)** |" in out
+    assert (tmp_path / "work" / "model" / "calibration" / "calibration.json").is_file(), "a copy was calibrated"
