@@ -6,10 +6,11 @@ window widths and fails on console errors, uncaught exceptions, broken images (`
 page could not paint, or horizontal overflow (``scrollWidth`` above ``innerWidth``). Screenshots at 1280 and
 1920 px go to the output folder for a person to look at.
 
-How the page is inspected without a driver library: a copy of the report, beside it so its relative image
-paths resolve, gets a first script that records errors as they happen and, once the page has loaded and its
-controls have been used (threshold, swipe, blink, sort), writes its findings as JSON into the DOM; Chromium's
-``--dump-dom`` prints that DOM. ``--virtual-time-budget`` lets the page's timers run before the dump.
+How the page is inspected without a driver library: a copy of the report (in a temporary folder, its relative
+addresses kept by a ``<base>`` element) gets a first script that records errors as they happen and, once the
+page has loaded and its controls have been used (threshold, swipe, blink, sort), writes its findings as JSON
+into the DOM; Chromium's ``--dump-dom`` prints that DOM. ``--virtual-time-budget`` lets the page's timers run
+before the dump.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ window.addEventListener("error", event => {
   const what = target && target !== window && (target.src || target.href);
   dvaCheck.errors.push(what ? "failed to load " + what : String(event.message));
 }, true);
+// Every image is checked, not only those near the top: lazy ones load now.
+document.addEventListener("DOMContentLoaded", () => document.querySelectorAll("img").forEach(i => { i.loading = "eager"; }));
 window.addEventListener("unhandledrejection", event => dvaCheck.errors.push("unhandled rejection: " + event.reason));
 for (const level of ["error", "warn"]) {
   const original = console[level];
@@ -99,14 +102,16 @@ def _chromium(browser: str, width: int, *args: str) -> subprocess.CompletedProce
 
 
 def inspect(browser: str, page: Path, width: int) -> dict:
-    """What the probe found in ``page`` at ``width`` px (a copy with the probe, beside the page, removed after)."""
-    probed = page.with_name(page.stem + ".check.html")
-    text = page.read_text(encoding="utf-8")
-    probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    try:
-        done = _chromium(browser, width, "--virtual-time-budget=5000", "--dump-dom", probed.resolve().as_uri())
-    finally:
-        probed.unlink(missing_ok=True)
+    """What the probe found in ``page`` at ``width`` px. The probed copy goes to a temporary folder (nothing is
+    written beside the page); a ``<base>`` element makes its relative addresses the page's own."""
+    import tempfile
+
+    base = f'<base href="{page.resolve().parent.as_uri()}/">'
+    text = page.read_text(encoding="utf-8").replace("<head>", "<head>" + base + PROBE, 1)
+    with tempfile.TemporaryDirectory(prefix="dva-check-report-") as folder:
+        probed = Path(folder) / "report.html"
+        probed.write_text(text, encoding="utf-8")
+        done = _chromium(browser, width, "--virtual-time-budget=5000", "--dump-dom", probed.as_uri())
     found = re.search(r'<pre id="dva-check">(.*?)</pre>', done.stdout, re.DOTALL)
     if not found:
         return {"errors": [f"the page never reported (chromium exit {done.returncode}): {done.stderr[-500:]}"]}
