@@ -105,7 +105,7 @@ def test_the_page_paints_a_map_with_the_colours_of_its_png(run_folder):
     levels = np.asarray(Image.open(io.BytesIO(base64.b64decode(grey))))
     painted = table[levels]
     on_disk = np.asarray(Image.open(out / "Normal-1" / "attribution.png").convert("RGB"))
-    assert np.abs(painted - on_disk.astype(int)).max() <= 1
+    assert np.array_equal(painted, on_disk.astype(int))
 
 
 def test_the_header_says_the_runs_settings_and_each_card_its_numbers(run_folder):
@@ -169,6 +169,14 @@ def test_chromium_opens_the_page_without_errors_overflow_or_broken_images(run_fo
     assert [float(s) for s in found["sorted"]] == [8.25, 3.0, 1.5], "the sort button orders the cards by score"
 
 
+def test_check_report_without_chromium_says_how_to_install_it(monkeypatch, tmp_path, capsys):
+    from dva.testing import check_report
+
+    monkeypatch.setattr(check_report.shutil, "which", lambda name: None)
+    assert check_report.main(["--page", str(tmp_path / "report.html")]) == 2
+    assert "apt-get install -y chromium" in capsys.readouterr().err
+
+
 def _card(page: str, name: str) -> str:
     start = page.index(f"<h2>{name}</h2>")
     return page[page.rindex("<article", 0, start):page.index("</article>", start)]
@@ -179,3 +187,4 @@ def _metadata(folder: Path) -> dict:
 
     with safe_open(str(folder / "attribution.safetensors"), framework="numpy") as tensors:
         return tensors.metadata()
+
