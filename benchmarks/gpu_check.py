@@ -4,7 +4,9 @@ A GPU is lent for minutes, so everything that needs one is measured by this one 
 its own with its own time limit: a part that hangs, runs out of memory or fails is recorded (``ok``, ``failed``,
 ``timeout`` or ``skipped``, with a one-line reason) and the next part starts. The whole check stops starting parts
 at ``--deadline`` (450 s). After each part, ``gpu-check.json``, ``gpu-check.md`` and ``gpu-check.log`` (the parts'
-output) are rewritten in ``--out``, so a check cut short still leaves what it measured.
+output) are rewritten in ``--out``, so a check cut short still leaves what it measured. Each part is a fork of this
+process, which has imported torch, diffusers and dva once and never initialises CUDA (so each part starts in a
+second and owns its CUDA context); ``--spawn`` starts fresh interpreters instead.
 
 Parts, in order:
 
@@ -354,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.part:
         return work_on(args.part, args.plan)
+    unknown = set((args.parts or "build").split(",")) - {part.name for part in PARTS}
+    if unknown or args.fail_part not in (None, *(part.name for part in PARTS)):
+        parser.error(f"unknown part {sorted(unknown or {args.fail_part})[0]!r}; the parts are "
+                     f"{', '.join(part.name for part in PARTS)}.")
     out = args.out.resolve()
     work = (args.work or out / "work").resolve()
     if work.is_dir() and any(work.iterdir()) and not (work / "plan.json").exists():
