@@ -14,7 +14,7 @@ from dva.core.errors import ConfigError
 from dva.core.settings import RUN_SETTINGS, command_flag, select
 from dva.core.specs import Option
 
-SDEDIT_STRENGTH = 0.3  # low: the bicubic upsample's content stays, the model adds detail (measured, docs/benchmarks.md)
+SDEDIT_STRENGTH = 0.3  # low: the bicubic upsample's content stays and the model adds detail at its own scale
 
 # dva upscale's own flags, and those of `dva run` it shares (with its own --help where it says more).
 UPSCALE_SETTINGS = (
@@ -35,6 +35,7 @@ UPSCALE_FLAGS = select((*RUN_SETTINGS, *UPSCALE_SETTINGS), (
     "prompt": "Text steering the added detail (default: none, unguided).",
     "guidance_scale": "Classifier-free guidance (with --prompt; the x4 upscaler's default is 9).",
     "batch_size": "Tiles per UNet call (dva's model; results do not depend on it).",
+    "tile_overlap": "Fraction of a tile's side its neighbours share (dva's model).",
 })
 
 
