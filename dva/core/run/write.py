@@ -37,9 +37,9 @@ class Maps:
     full_reference: np.ndarray | None
 
 
-# --fullsize (dva.core.settings): which images are written at the input's size too. Every full-size image but the
-# counterfactual is a model-size one resized (the model sees no more) and its values are in attribution.safetensors;
-# as PNGs they cost the most time at real scan sizes (docs/benchmarks.md), so by default only the counterfactual is.
+# --fullsize (dva.core.settings): which images are written at the input's size too. Each is the image the model
+# worked at resized (its size; with --tile, about the scan's own), the maps' values are in attribution.safetensors,
+# and as PNGs they cost the most time at real scan sizes (docs/benchmarks.md): by default only the counterfactual.
 FULLSIZE_DEFAULT: str = by_name(RUN_SETTINGS)["fullsize"].option.default
 COUNTERFACTUAL_16BIT = "fullsize/counterfactual-16bit.png"
 
@@ -207,7 +207,7 @@ def canonical_safetensors(data: bytes) -> bytes:
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     if len(text) > length:  # another escaping than the library's: keep its bytes rather than move the data
         return data
-    return data[:8] + text + b" " * (length - len(text)) + data[8 + length:]
+    return b"".join((data[:8], text, b" " * (length - len(text)), memoryview(data)[8 + length:]))  # one copy
 
 
 def _inside(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
