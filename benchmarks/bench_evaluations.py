@@ -128,7 +128,9 @@ def sweep_plan() -> list[Setting]:
     plan += [ddim_inversion(0.6, calls, reference="input") for calls in (1, 2, 5, 10)]  # 3s
     plan += [ddim_inversion(0.6, calls, guidance_scale=1.0) for calls in (1, 2, 5, 10)]  # 3s, no CFG
     plan += [ddim_inversion(0.6, calls, guidance_scale=1.0, reference="input") for calls in (2, 4, 8, 16)]  # 2s
-    plan += [ddim_inversion(strength, calls) for strength in (0.3, 0.45, 0.75, 0.9) for calls in (2, 4)]
+    plan += [ddim_inversion(strength, calls) for strength in (0.3, 0.45) for calls in (2, 4)]
+    plan += refine_plan()  # added after the grid above had run: low strengths did best
+    plan += [ddim_inversion(strength, calls) for strength in (0.75, 0.9) for calls in (2, 4)]
     plan += [ddim_inversion(0.6, 4, guidance_scale=scale) for scale in (2.0, 7.0)]
     plan += [sdedit("dpm-solver++", 4, samples=2), sdedit("dpm-solver++", 2, samples=4),
              sdedit("dpm-solver++", 5, reference="reconstruction"), sdedit("dpm-solver++", 8, samples=4),
@@ -138,6 +140,16 @@ def sweep_plan() -> list[Setting]:
     plan += [sdedit(scheduler, calls) for scheduler in ("unipc", "ddim", "pndm") for calls in (4, 16)]
     plan += [sdedit("dpm-solver++", 16, reference="reconstruction"),
              sdedit("dpm-solver++", 8, samples=4, reference="reconstruction")]
+    return list(dict.fromkeys(plan))
+
+
+def refine_plan() -> list[Setting]:
+    """Around what the coarse grid found best (DDIM inversion at low strength against the reconstruction):
+    strengths 0.15-0.35 at 1-4 calls each way, their guidance and reference, and the same at higher cost."""
+    plan = [ddim_inversion(strength, calls) for strength in (0.2, 0.3, 0.15, 0.25, 0.35) for calls in (1, 2, 3, 4)]
+    plan += [ddim_inversion(0.3, calls) for calls in (8, 16, 30)] + [ddim_inversion(0.2, calls) for calls in (8, 20)]
+    plan += [ddim_inversion(0.3, 4, guidance_scale=scale) for scale in (1.0, 2.0, 7.0)]
+    plan += [ddim_inversion(0.3, calls, reference="input") for calls in (2, 4)]
     return plan
 
 
@@ -145,12 +157,13 @@ def quick_plan() -> list[Setting]:
     return [ddim_inversion(0.6, 1), sdedit("dpm-solver++", 1, guidance_scale=1.0)]
 
 
-def confirm_plan(sweep: dict, budget: int = BUDGET, best_within: int = 3, best_overall: int = 3) -> list[Setting]:
-    """From a sweep's results: its best settings within ``budget`` evaluations and at any cost (raw maps, by
+def confirm_plan(sweep: dict, budget: int = BUDGET, best_within: int = 3, best_above: int = 3) -> list[Setting]:
+    """From a sweep's results: its best settings within ``budget`` evaluations and above it (raw maps, by
     AUPRC), the entry's setting and the thesis'."""
     rows = sorted((r for r in sweep["rows"] if not r["calibrated"]), key=lambda r: -r[QUALITY])
     within = [r for r in rows if r["evaluations"] <= budget][:best_within]
-    chosen = [Setting(**r["recipe"]) for r in within + rows[:best_overall]] + [ENTRY_SETTING, THESIS]
+    above = [r for r in rows if r["evaluations"] > budget][:best_above]
+    chosen = [Setting(**r["recipe"]) for r in within + above] + [ENTRY_SETTING, THESIS]
     return list(dict.fromkeys(chosen))
 
 
@@ -312,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         for setting in plan:
             if setting.label in done:
                 continue
-            rows += measure(setting, data, work, base, catalogue)
-            print(f"{setting.label}: {rows[-1]['evaluations']} evaluations, AUPRC {rows[-1]['auprc']:.3f}", flush=True)
+            measured = measure(setting, data, work, base, catalogue)
+            rows += measured
+            print(f"{setting.label}: {measured[0]['evaluations']} evaluations, AUPRC "
+                  + ", calibrated ".join(f"{r['auprc']:.3f}" for r in measured), flush=True)
             if args.json:
                 write_results(args.json, {"command": " ".join(sys.argv), "machine": machine(), "settings": settings,
                                           "rows": rows, "elapsed_s": time.perf_counter() - started})
