@@ -141,3 +141,11 @@ def test_measure_calibration_calibrates_a_copy_of_the_bundled_model_and_tables_r
     assert "| seed | map | pixel AUPRC | best Dice | null ratio | image AUROC | image AUPRC |" in out
     assert "| 11 | raw |map|, score: top 1% |" in out and "| 11 | **calibrated (dva's)** |" in out
     assert (tmp_path / "work" / "model" / "calibration" / "calibration.json").is_file(), "a copy was calibrated"
+
+
+def test_bench_tiling_quick_measures_tiled_maps_and_super_resolution_against_their_baselines(tmp_path):
+    out = run_script("bench_tiling.py", "--quick", "--json", str(tmp_path / "tiling.json"))
+    assert "single-pass (64 px)" in out and "tiled (128 px)" in out and "bicubic" in out
+    payload = json.loads((tmp_path / "tiling.json").read_text())
+    assert [row["tile"] for row in payload["maps"]["128"]] == ["off", "auto"]
+    assert [row["method"] for row in payload["super_resolution"]][:2] == ["bicubic", "VAE round trip of bicubic"]
