@@ -163,12 +163,10 @@ def ablation_variants(healthy: list[Scan]) -> dict[str, Variant]:
     variants = {
         "calibrated, no smoothing": assessed(unsmoothed, SMOOTHING=0.0),
         "z (no excess over k), dva's score": (z_map, lambda s: made.assess(s.signed, s.lungs)[1]),
-        "calibrated, score: top 1% of z less its upper quartile": (
-            lambda s: made.assess(s.signed, s.lungs)[0],
-            lambda s: top_percent(made.standardised(s.signed), s.lungs)
-            - float(np.percentile(made.standardised(s.signed)[s.lungs], 75))),
+        "calibrated, score: top 1% of z (no upper quartile subtracted)": (
+            lambda s: made.assess(s.signed, s.lungs)[0], lambda s: top_percent(made.standardised(s.signed), s.lungs)),
     }
-    for share in (0.02, 0.10):
+    for share in (0.05, 0.10):
         with constants(HEALTHY_SHARE=share):
             variants[f"calibrated, k exceeded by {share:.0%} of healthy pixels"] = assessed(
                 calibration.compute(maps, {}))
@@ -200,7 +198,7 @@ def former_and_signed(maps: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Va
         "format 1 (no smoothing, z clamped at 0, score: top 1% of z)": (former,
                                                                        lambda s: top_percent(former(s), s.lungs)),
         "signed statistics": (lambda s: np.maximum(0.0, signed_z(s.signed) - k),
-                              lambda s: calibration.top_mean(signed_z(s.signed), s.lungs)),
+                              lambda s: calibration.focal_excess(signed_z(s.signed), s.lungs)),
     }
 
 

@@ -88,6 +88,18 @@ def test_k_leaves_about_the_chosen_share_of_unseen_healthy_pixels_above_zero():
     assert abs(np.mean(scores)) < 1.0, "unseen healthy scans score about 0: the calibration's scores were left out"
 
 
+def test_a_scan_loud_all_over_scores_below_one_with_a_focal_lesion():
+    """The score is the focal excess: a map the model reproduced worse everywhere is not a lesion."""
+    _, healthy = synthetic_healthy(40)
+    made = calibration.compute(healthy, {"recipe_key": "k"})
+    _, unseen = synthetic_healthy(1, seed=3)
+    everywhere = unseen[0][0] * 1.6
+    focal = unseen[0][0].copy()
+    focal[20:26, 4:10] += 0.15
+    assert made.assess(everywhere)[0].mean() > made.assess(focal)[0].mean(), "more calibrated area ..."
+    assert made.assess(focal)[1] > made.assess(everywhere)[1], "... but a lower score"
+
+
 def test_a_calibration_of_the_old_format_is_ignored_or_refused_with_one_sentence(tmp_path):
     from safetensors.numpy import save_file
 
