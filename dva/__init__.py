@@ -34,6 +34,7 @@ from dva.core.contracts import (
     TextEncoder,
 )
 from dva.core.errors import ConfigError, DvaError, InputError, MetricUnavailable, PluginError
+from dva.core.tiles import Tiling
 from dva.core.hookspecs import (
     RegisterDataset,
     RegisterEncoder,
@@ -57,6 +58,7 @@ from dva.core.specs import (
 )
 
 if TYPE_CHECKING:
+    from dva.components.tiling import TiledUNet
     from dva.core.io import atomic_write_bytes, file_sha256, has_extension, strip_extension
     from dva.finetune.config import FinetuneConfig
     from dva.finetune.strategy import Strategy as FinetuneStrategy
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "FinetuneConfig": "dva.finetune.config:FinetuneConfig",
     "FinetuneStrategy": "dva.finetune.strategy:Strategy",
+    "TiledUNet": "dva.components.tiling:TiledUNet",
     "atomic_write_bytes": "dva.core.io:atomic_write_bytes",
     "file_sha256": "dva.core.io:file_sha256",
     "has_extension": "dva.core.io:has_extension",
@@ -124,6 +127,8 @@ __all__ = [
     "SetMetric",
     "StepCallback",
     "TextEncoder",
+    "TiledUNet",
+    "Tiling",
     "atomic_write_bytes",
     "file_sha256",
     "has_extension",
