@@ -25,6 +25,7 @@ UNet call made in blended tiles (:mod:`dva.components.tiling`).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -166,7 +167,7 @@ class DDIMInversionPrior:
             self._last = None  # an inversion made in other tiles is not this request's
         self.tiled = None if tiling is None else TiledUNet(self.parts.unet, tiling)
         inversion_embeds = r.negative_embeds if self.inversion == "unconditional" else r.prompt_embeds
-        with vae_tiles(self.parts.vae) if tiling is not None else _untiled():
+        with vae_tiles(self.parts.vae) if tiling is not None else contextlib.nullcontext():
             start = self.start(r.images, inversion_embeds, r.steps)
             keep = None
             if self.region:
@@ -184,10 +185,3 @@ class DDIMInversionPrior:
         start = self.invert(self.encode(images), inversion_embeds, steps, trajectory)
         self._last = (images.clone(), inversion_embeds.clone(), steps, start, trajectory)
         return start
-
-
-def _untiled() -> Any:
-    """A context that changes nothing (the VAE as it is)."""
-    import contextlib
-
-    return contextlib.nullcontext()
