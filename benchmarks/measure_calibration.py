@@ -126,7 +126,8 @@ def row(variant: Variant, scans: list[Scan]) -> dict[str, float]:
 def dva_variants() -> dict[str, Variant]:
     """The raw map and what dva run wrote."""
     return {
-        "raw |map|, score: top 1%": (lambda s: np.abs(s.signed), lambda s: top_percent(np.abs(s.signed), s.lungs)),
+        "raw map, score: top 1% of its magnitude": (
+            lambda s: np.abs(s.signed), lambda s: top_percent(np.abs(s.signed), s.lungs)),
         "**calibrated (dva's)**": (lambda s: s.calibrated, lambda s: s.score),
     }
 

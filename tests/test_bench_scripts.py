@@ -140,7 +140,7 @@ def test_measure_calibration_calibrates_a_copy_of_the_bundled_model_and_tables_r
     out = run_script("measure_calibration.py", "--seed", "11", "--n", "1", "--calibration-images", "3", "--steps", "2",
                      "--work", str(tmp_path / "work"))
     assert "| seed | map | pixel AUPRC | best Dice | null ratio | image AUROC | image AUPRC |" in out
-    assert "| 11 | raw |map|, score: top 1% |" in out and "| 11 | **calibrated (dva's)** |" in out
+    assert "| 11 | raw map, score: top 1% of its magnitude |" in out and "| 11 | **calibrated (dva's)** |" in out
     assert (tmp_path / "work" / "model" / "calibration" / "calibration.json").is_file(), "a copy was calibrated"
 
 
