@@ -18,9 +18,9 @@ at the model's size, in the model folder (``calibration/calibration.safetensors`
   standard deviations of the healthy calibration scans' focal excess (each again left out in turn) above their
   mean: healthy scans score about 0, spread by about 1.
 
-The choices (smoothing, ``HEALTHY_SHARE``, the quartile) were made on phantom seeds no reported number uses;
-what was measured, and what did not help (signed statistics, per-zone or median/MAD statistics, dividing each
-map by its own level): docs/benchmarks.md, "Calibrated maps".
+The choices (smoothing, ``HEALTHY_SHARE``, the quartile) were made on development phantom seeds and then
+measured on fresh ones; what they do, what did not help (signed statistics, per-zone or median/MAD statistics,
+dividing each map by its own level) and what limits the result: docs/benchmarks.md, "Calibrated maps".
 
 A calibration belongs to one recipe: :func:`recipe_key` hashes what decides a map (the recipe less the seed,
 the device, the precision and the batch size; the prompt; the model's weights less the calibration itself).
