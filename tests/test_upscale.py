@@ -103,3 +103,8 @@ def test_a_folder_that_is_no_upscaler_is_refused(tiny_sd, scans, tmp_path, capsy
     code = upscale(str(scans / "eight.png"), "--upscaler", str(tmp_path), "--out", str(tmp_path / "o"))
     assert code == 2
     assert "cannot load it as diffusers' x4 upscaler" in capsys.readouterr().err
+
+
+def test_no_readable_input_path_is_refused_before_any_model_loads(tmp_path, capsys):
+    assert upscale(str(tmp_path / "missing.png"), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o")) == 2
+    assert "no such file or folder" in capsys.readouterr().err

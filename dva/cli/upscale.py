@@ -58,8 +58,8 @@ def upscale(inputs: tuple[str, ...], upscaler: str | None, scale: int | None, no
     console = Console(stderr=True, soft_wrap=True)
     target = Path(out)
     files, missing = collect_inputs(inputs, exclude=[target])
-    if not files and not missing:
-        raise ConfigError("No inputs given; pass image files, DICOM files or folders.")
+    if not files:
+        raise ConfigError(missing[0][1] if missing else "No inputs given; pass image files, DICOM files or folders.")
     engine, settings = _engine(upscaler, scale, noise_level, entry, registries, flags)
     ensure_output_folder(target)
     console.print(f"upscaling {len(files)} images x{settings['scale']} with {settings['engine']}", highlight=False)
