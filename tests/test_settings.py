@@ -65,8 +65,9 @@ def test_the_recipe_is_the_schemas_recipe_settings_with_their_defaults():
 FINGERPRINTS = [
     ("thesis", {"steps": 10, "strength": 0.3, "encoder_path": "/x"}, "f6b8a8b00a4b0d0b"),
     ("default", {"prior_options": {"strength": 0.2}, "modality_options": {"bit_depth": 12}}, "3237293c3e493338"),
-    ("tiny-phantom", {"reference": "reconstruction", "compile": True, "dtype": "float32", "device": "cpu"},
-     "8a5da0704d2e38a0"),
+    # the entry's sampling before issue 16 (steps 50, strength 0.6), pinned: the fingerprint is of the settings
+    ("tiny-phantom", {"reference": "reconstruction", "compile": True, "dtype": "float32", "device": "cpu",
+                      "steps": 50, "strength": 0.6}, "8a5da0704d2e38a0"),
     (None, {"model": "m"}, "e66f64bd72b11247"),
 ]
 
