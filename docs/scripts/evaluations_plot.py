@@ -1,7 +1,8 @@
 """docs/images/evaluations.png: map quality (pixel AUPRC) against UNet evaluations per image.
 
-One line per family of settings (a prior, strength, guidance, reference and sampler, over step counts) from the
-sweep's JSON, the frontier as a dashed step line, and the confirmation seed's settings as open markers.
+Left, the sweep's seed: one line per family of settings (a prior, strength, guidance, reference and sampler,
+over step counts), the main families in colour, the frontier dashed; right, the confirmation seed's settings.
+The entry's setting, the former entry's and the thesis' are starred.
 Run: .venv/bin/python docs/scripts/evaluations_plot.py build/evaluations-6174.json build/evaluations-1729.json
 """
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_evaluations import BUDGET, frontier  # noqa: E402
+from bench_evaluations import BUDGET, QUALITY, frontier  # noqa: E402
 
 from dva.core.io import atomic_write_bytes  # noqa: E402
 
@@ -34,45 +35,74 @@ def raw_rows(path: Path) -> tuple[list[dict], int]:
     return [r for r in payload["rows"] if not r["calibrated"]], payload["settings"]["seed"]
 
 
-def draw(sweep: Path, confirm: Path | None, out: Path) -> None:
-    rows, seed = raw_rows(sweep)
-    figure, axes = plt.subplots(figsize=(9, 4.8), dpi=100)
+HIGHLIGHTED = {  # family: colour; other families of three or more points are drawn as thin grey lines
+    "ddim-inversion 0.3, guidance 4 vs reconstruction": "tab:red",
+    "ddim-inversion 0.35, guidance 4 vs reconstruction": "tab:orange",
+    "ddim-inversion 0.6, guidance 4 vs reconstruction": "tab:blue",
+    "ddim-inversion 0.6, guidance 4": "tab:cyan",
+    "ddim-inversion 0.6, guidance 1 vs reconstruction": "tab:purple",
+    "sdedit 0.55, dpm-solver++ guidance 4": "tab:green",
+    "sdedit 0.55, pndm guidance 4": "tab:olive",
+}
+MARKED = {  # setting: how it is labelled
+    "ddim-inversion 0.35, 9 steps, guidance 4 vs reconstruction": "tiny-phantom entry (12)",
+    "ddim-inversion 0.6, 50 steps, guidance 4 vs reconstruction": "former entry (120)",
+    "sdedit 0.85, pndm 75 steps, guidance 4": "thesis' sampling (128)",
+}
+
+
+def panel(axes, rows: list[dict], seed: int, lines: bool) -> None:
+    """One seed's settings: each family's curve over step counts (or points), the marked settings, the frontier."""
     families: dict[str, list[dict]] = {}
     for row in rows:
         families.setdefault(row["family"], []).append(row)
-    others = []
     for family, members in sorted(families.items()):
-        if len(members) < 3:
-            others += members
-            continue
         members.sort(key=lambda r: r["evaluations"])
-        style = "-" if family.startswith("ddim-inversion") else ":"
-        axes.plot([r["evaluations"] for r in members], [r["auprc"] for r in members], style, marker="o",
-                  markersize=4, linewidth=1.2, label=family)
-    axes.scatter([r["evaluations"] for r in others], [r["auprc"] for r in others], s=14, color="0.55",
-                 label="other settings (strength, guidance, K, reference)", zorder=3)
+        x, y = [r["evaluations"] for r in members], [r[QUALITY] for r in members]
+        if family in HIGHLIGHTED:
+            axes.plot(x, y, "-" if lines else "", marker="o", markersize=4, linewidth=1.3, color=HIGHLIGHTED[family],
+                      label=family)
+        elif lines and len(members) >= 3:
+            axes.plot(x, y, "-", marker=".", markersize=3, linewidth=0.7, color="0.65",
+                      label="ddim-inversion, other strengths, guidance or reference; sdedit, other schedulers")
+        else:
+            axes.scatter(x, y, s=10, color="0.55", label="single settings (K samples, guidance, strength, reference)",
+                         zorder=3)
+    for row in rows:
+        if row["setting"] in MARKED:
+            axes.scatter([row["evaluations"]], [row[QUALITY]], s=110, marker="*", color="black", zorder=5)
+            axes.annotate(MARKED[row["setting"]], (row["evaluations"], row[QUALITY]), fontsize=7,
+                          xytext=(4, -11), textcoords="offset points")
     best = frontier(rows)
-    axes.step([r["evaluations"] for r in best], [r["auprc"] for r in best], "--", where="post", color="black",
-              linewidth=1, label=f"frontier (seed {seed})")
-    if confirm is not None:
-        confirmed, confirm_seed = raw_rows(confirm)
-        axes.scatter([r["evaluations"] for r in confirmed], [r["auprc"] for r in confirmed], s=40,
-                     facecolors="none", edgecolors="crimson", label=f"confirmed on seed {confirm_seed}", zorder=4)
+    axes.step([r["evaluations"] for r in best], [r[QUALITY] for r in best], "--", where="post", color="black",
+              linewidth=0.8, label="frontier")
     axes.axvline(BUDGET, color="green", linewidth=0.8)
     axes.axvline(THESIS_EVALUATIONS, color="0.3", linewidth=0.8)
     along = axes.get_xaxis_transform()  # x in data, y in axes fractions
-    axes.text(BUDGET * 1.05, 0.98, f"{BUDGET}: 1/8 of the thesis", transform=along, fontsize=8, va="top", color="green")
-    axes.text(THESIS_EVALUATIONS * 0.95, 0.98, "thesis: 128", transform=along, fontsize=8, va="top", ha="right",
-              color="0.3")
+    axes.text(BUDGET * 1.05, 0.02, f"{BUDGET} = 1/8 of 128", transform=along, fontsize=7, color="green")
     axes.set_xscale("log", base=2)
-    ticks = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    ticks = [2, 4, 8, 16, 32, 64, 128]
     axes.set_xticks(ticks, [str(t) for t in ticks])
-    axes.set_xlabel("UNet evaluations per image (guidance batch, inversion, reconstruction and samples counted)")
-    axes.set_ylabel("pixel AUPRC (Lung Opacity phantoms)")
-    axes.set_title("Map quality against UNet evaluations, bundled tiny model, 64 px phantoms", fontsize=10)
+    axes.set_xlim(2, 600)  # room for the labels of the settings at 120-128
+    axes.set_xlabel("UNet evaluations per image")
+    axes.set_title(f"seed {seed}: " + ("the sweep" if lines else "the confirmation"), fontsize=9)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
-    figure.tight_layout()
+
+
+def draw(sweep: Path, confirm: Path | None, out: Path) -> None:
+    panels = [raw_rows(sweep)] + ([raw_rows(confirm)] if confirm is not None else [])
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 5.6), dpi=100, squeeze=False)
+    for index, (rows, seed) in enumerate(panels):
+        panel(axes[0][index], rows, seed, lines=index == 0)
+    axes[0][0].set_ylabel("pixel AUPRC, Lung Opacity phantoms")
+    handles: dict[str, object] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    figure.legend(handles.values(), handles.keys(), loc="lower center", ncol=2, fontsize=7, frameon=False)
+    figure.suptitle("Map quality against UNet evaluations per image (bundled tiny model, 10 + 10 phantoms per seed)",
+                    fontsize=10)
+    figure.tight_layout(rect=(0, 0.2, 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     atomic_write_bytes(out, buffer.getvalue())
