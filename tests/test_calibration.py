@@ -200,7 +200,7 @@ def test_bundled_model_calibration_quiets_healthy_and_scores_the_lesion_higher(c
     lungs = tensors["mask"].astype(bool)
     raw = np.abs(tensors["attribution"][lungs])
     calibrated = tensors["calibrated"][lungs]
-    assert np.mean(raw > 0.02) > 0.5  # the raw map of a healthy scan is not zero: the model's background
+    assert np.mean(raw > 0.01) > 0.5  # the raw map of a healthy scan is not zero: the model's background
     assert np.mean(calibrated > 0) < 0.1  # the calibrated one is zero but for specks
 
 
