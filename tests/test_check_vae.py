@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA
 from dva.core.errors import ConfigError
 from dva.evaluate.vae_check import (
     THRESHOLDS, ImageCheck, Scores, check_images, class_names, image_area, load_vae, locate_vae, reconstruct,
