@@ -169,6 +169,14 @@ def test_mismatched_calibration_is_refused_or_left_unused(catalogue, model_copy,
     assert all("score" not in job.summary() for job in result.jobs)
 
 
+def test_a_tiled_recipe_is_refused_before_anything_runs(catalogue, model_copy, tmp_path):
+    images, masks = healthy_scans(tmp_path / "healthy", 3)
+    with pytest.raises(ConfigError, match="calibrate without --tile"):
+        calibrate(recipe_for(catalogue, model_copy, steps=2, strength=0.5, tile="auto"), [str(images)], catalogue,
+                  str(masks))
+    assert not (model_copy / calibration.FOLDER).exists()
+
+
 def test_without_calibration_the_fingerprint_is_as_before(catalogue, tiny_sd, images, tmp_path):
     result = dva_run(catalogue, images[:1], tmp_path / "out", model=str(tiny_sd))
     header = result.header

@@ -15,6 +15,7 @@ from typing import Any
 from dva.core import calibration, manifest
 from dva.core.errors import ConfigError
 from dva.core.run import RunEvents, run
+from dva.core.tiles import parse_tile
 
 
 def calibrate(recipe: Any, inputs: Any, catalogue: Any, mask: str | None = None,
@@ -26,6 +27,9 @@ def calibrate(recipe: Any, inputs: Any, catalogue: Any, mask: str | None = None,
     """
     from safetensors.numpy import load_file
 
+    if parse_tile(getattr(recipe, "tile", "off")) is not None:
+        raise ConfigError("dva calibrate: --tile makes maps at each scan's own size, which have no per-pixel "
+                          "statistics in common; calibrate without --tile.")
     recipe = dataclasses.replace(recipe, calibration="off")
     with tempfile.TemporaryDirectory(prefix="dva-calibrate-") as temporary:
         result = run(recipe, inputs, Path(temporary) / "out", catalogue, mask, events=events)
