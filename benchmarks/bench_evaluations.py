@@ -114,7 +114,7 @@ def sdedit(scheduler: str, calls: int, strength: float = 0.55, guidance_scale: f
     return Setting("sdedit", strength, steps_for(strength, calls), guidance_scale, reference, scheduler, samples)
 
 
-ENTRY_SETTING = Setting("ddim-inversion", 0.6, 50, 4.0, "reconstruction")  # the tiny-phantom entry before issue 16
+FORMER_ENTRY = Setting("ddim-inversion", 0.6, 50, 4.0, "reconstruction")  # the tiny-phantom entry's former recipe
 THESIS = Setting("sdedit", 0.85, 75, 4.0, "input", "pndm")  # the thesis' sampling (64 calls): 128 evaluations
 
 
@@ -122,7 +122,7 @@ def sweep_plan() -> list[Setting]:
     """The grid over budgets of about 4, 8, 12, 16, 32, 64 and more, in tiers of interest (a run stopped early
     still holds every family's main points): the entry's family and the thesis' setting, then each family
     over its budgets, then the variants."""
-    plan = [ddim_inversion(0.6, calls) for calls in (1, 2, 3, 4, 8, 16)] + [ENTRY_SETTING, THESIS]  # 4s evaluations
+    plan = [ddim_inversion(0.6, calls) for calls in (1, 2, 3, 4, 8, 16)] + [FORMER_ENTRY, THESIS]  # 4s evaluations
     plan += [sdedit("dpm-solver++", calls) for calls in (4, 8, 16, 32)]  # 2n
     plan += [sdedit(scheduler, calls) for scheduler in ("unipc", "ddim", "pndm") for calls in (8, 32)]
     plan += [ddim_inversion(0.6, calls, reference="input") for calls in (1, 2, 5, 10)]  # 3s
@@ -163,7 +163,7 @@ def confirm_plan(sweep: dict, budget: int = BUDGET, best_within: int = 3, best_a
     rows = sorted((r for r in sweep["rows"] if not r["calibrated"]), key=lambda r: -r[QUALITY])
     within = [r for r in rows if r["evaluations"] <= budget][:best_within]
     above = [r for r in rows if r["evaluations"] > budget][:best_above]
-    chosen = [Setting(**r["recipe"]) for r in within + above] + [ENTRY_SETTING, THESIS]
+    chosen = [Setting(**r["recipe"]) for r in within + above] + [FORMER_ENTRY, THESIS]
     return list(dict.fromkeys(chosen))
 
 
