@@ -51,7 +51,7 @@ def main() -> None:
     size, repeats = ((256, 200), 2) if args.quick else (tuple(args.size), args.repeats)
 
     from dva.core import dicom_outputs, io
-    from tests.test_dicom_outputs import write_radiograph
+    from dva.testing.dicom import write_radiograph
 
     rng = np.random.default_rng(0)
     stored = rng.integers(0, 4096, size).astype(np.uint16)

@@ -106,3 +106,15 @@ def test_its_entry_maps_the_opacity_of_an_unseen_phantom(folder, tmp_path):
     lesion = io.read_scan(samples / "lesions" / "Lung Opacity-7.png").pixels > 0.5
     lungs = io.read_scan(samples / "masks" / "Lung Opacity-7.png").pixels > 0.5
     assert attribution[lesion].mean() > 2 * attribution[lungs & ~lesion].mean()
+
+
+def test_the_demo_runs_a_dicom_phantom_into_new_series_of_its_own_study(folder, tmp_path):
+    from importlib import resources
+
+    from dva.cli import main as dva
+    from dva.testing.demo import dicom_line
+
+    samples = Path(str(resources.files("dva") / "samples" / "phantoms"))
+    line = dicom_line(tmp_path / "dicom-input", samples, dva)
+    assert "counterfactual.dcm, map.dcm, overlay.dcm" in line
+    assert "each a new series in the input's study" in line

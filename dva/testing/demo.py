@@ -4,8 +4,9 @@ The bundled model (``dva/models/tiny-phantom``, made by ``make tiny-model``) is 
 model trained by ``dva finetune`` on synthetic phantoms only, with the MiniLM BERT as its encoder. The demo
 runs ``dva run --entry tiny-phantom`` (the bundled model with its best measured settings: DDIM inversion, maps
 against the unconditional reconstruction) on phantoms of a seed it never saw, then
-measures each Lung Opacity map against the phantom's ground-truth lesion mask. It says loudly that the
-model knows only synthetic chests.
+measures each Lung Opacity map against the phantom's ground-truth lesion mask. It then runs one phantom as a
+12-bit DICOM file (its counterfactual and map come back as DICOM in the input's study) and checks the model's
+VAE on the bundled phantoms and X-rays. It says loudly that the model knows only synthetic chests.
 """
 
 from __future__ import annotations
@@ -80,7 +81,35 @@ def main(argv: list[str] | None = None) -> None:
         for image, score in scores:
             console.print(f"  {image}: {score:.2f}")
     console.print(f"[bold]Report:[/] {(out / 'report.html').resolve()}", highlight=False)
+    console.print(dicom_line(out / "dicom-input", samples, dva), highlight=False, soft_wrap=True)
     console.print(vae_check_line(), highlight=False, soft_wrap=True)
+
+
+def dicom_line(folder: Path, samples: Path, dva) -> str:
+    """Run one Lung Opacity phantom as a 12-bit DX DICOM file (made in ``folder``) and say which DICOM outputs it
+    got: the counterfactual and the map as new series in the input's own study (docs/usage.md, DICOM outputs)."""
+    import pydicom
+
+    from dva.core import io
+    from dva.testing.dicom import write_radiograph
+
+    stem = "Lung Opacity-7"
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = io.read_scan(samples / "images" / f"{stem}.png").pixels
+    source = write_radiograph(folder / "Lung-Opacity-7.dcm", np.rint(pixels * 4095).astype(np.uint16))
+    try:
+        dva(["run", "--entry", "tiny-phantom", "--mask", str(samples / "masks" / f"{stem}.png"),
+             "--out", str(folder / "run"), str(source)])
+    except SystemExit as exit:
+        if exit.code:
+            raise
+    written = sorted((folder / "run").glob("*/dicom/*.dcm"))
+    if not written:
+        return "DICOM input: no DICOM outputs were written (see the run's notes above)."
+    study = pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID
+    same = all(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID == study for path in written)
+    return (f"DICOM input {source}: {', '.join(path.name for path in written)} in {written[0].parent}, "
+            f"{'each a new series in the input' + chr(39) + 's study' if same else 'NOT in the input' + chr(39) + 's study'}.")
 
 
 def vae_check_line() -> str:
