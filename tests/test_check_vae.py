@@ -198,3 +198,13 @@ def test_every_flag_comes_from_the_settings_schema_with_its_default():
             setting = settings[param.name]
             assert tuple(param.opts + param.secondary_opts) == setting.flags, param.name
             assert param.default == (setting.option.default if setting.flag_default else None), param.name
+
+
+def test_an_input_named_like_one_of_its_outputs_in_out_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    sheet = out / "worst.png"
+    sheet.write_bytes((SHARED_DATA / "phantoms" / "images" / "Normal-1.png").read_bytes())
+    code, _, err = dva(capsys, "check-vae", "--out", out, sheet)
+    assert code == 2 and "lies where dva writes its outputs" in err
+    assert sorted(path.name for path in out.iterdir()) == ["worst.png"]

@@ -177,6 +177,19 @@ def test_rerun_with_the_output_folder_inside_the_input_folder_reads_only_the_sca
     assert {image["status"] for image in manifest(out)["images"]} == {"skipped"}
 
 
+def test_an_input_inside_the_folder_its_outputs_would_take_is_refused_and_left_untouched(model, good_images, capsys):
+    out = good_images[0].parent.parent
+    before = good_images[0].read_bytes()
+    code, _, err = dva(capsys, *run_args(model, out, good_images[0]))  # its outputs go to OUT/square/
+    assert code == 0, err
+    inside = out / "square" / "square.png"
+    inside.write_bytes(before)
+    code, _, err = dva(capsys, *run_args(model, out, inside))
+    assert code == 2
+    assert "lies where dva writes its outputs" in err and "Traceback" not in err
+    assert inside.read_bytes() == before
+
+
 # -- usage and configuration errors ----------------------------------------------------------------
 
 

@@ -108,3 +108,10 @@ def test_a_folder_that_is_no_upscaler_is_refused(tiny_sd, scans, tmp_path, capsy
 def test_no_readable_input_path_is_refused_before_any_model_loads(tmp_path, capsys):
     assert upscale(str(tmp_path / "missing.png"), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o")) == 2
     assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_an_out_that_would_overwrite_an_input_is_refused_before_any_model_loads(scans, tmp_path, capsys):
+    before = (scans / "eight.png").read_bytes()
+    assert upscale(str(scans / "eight.png"), "--model", str(tmp_path / "no-model"), "--out", str(scans)) == 2
+    assert "lies where dva writes its outputs" in capsys.readouterr().err
+    assert (scans / "eight.png").read_bytes() == before and not (scans / "manifest.json").exists()

@@ -45,11 +45,11 @@ def check_vae(images: tuple[str, ...], model: str | None, revision: str | None, 
     from dva.cli.evaluate import rich_progress
     from dva.core.io import collect_inputs
     from dva.core.manifest import versions
-    from dva.core.outputs import ensure_output_folder
+    from dva.core.outputs import ensure_output_folder, refuse_inputs_in_outputs
     from dva.core.runtime import pick_device, pick_dtype
     from dva.core.weights import identify
     from dva.evaluate.vae_check import check_images, load_vae, locate_vae, vae_resolution
-    from dva.evaluate.vae_report import class_table, to_rich_table, verdict_line, worst_table, write_outputs
+    from dva.evaluate.vae_report import FILES, class_table, to_rich_table, verdict_line, worst_table, write_outputs
 
     console = Console(stderr=True, soft_wrap=True)
     target = Path(out)
@@ -59,6 +59,7 @@ def check_vae(images: tuple[str, ...], model: str | None, revision: str | None, 
         console.print(f"[red]skipped[/] {reason}", highlight=False)
     if not files:
         raise ConfigError("No images to check: " + (missing[0][1] if missing else "pass image files or folders."))
+    refuse_inputs_in_outputs(files, target, FILES)
     ensure_output_folder(target)
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1.")

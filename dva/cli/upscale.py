@@ -53,13 +53,14 @@ def upscale(inputs: tuple[str, ...], upscaler: str | None, scale: int | None, no
 
     from dva.cli.evaluate import rich_progress
     from dva.core.io import collect_inputs
-    from dva.core.outputs import ensure_output_folder
+    from dva.core.outputs import ensure_output_folder, refuse_inputs_in_outputs
 
     console = Console(stderr=True, soft_wrap=True)
     target = Path(out)
     files, missing = collect_inputs(inputs, exclude=[target])
     if not files:
         raise ConfigError(missing[0][1] if missing else "No inputs given; pass image files, DICOM files or folders.")
+    refuse_inputs_in_outputs(files, target, [*(f"{key}.png" for key in _keys(files)), "manifest.json"])
     engine, settings = _engine(upscaler, scale, noise_level, entry, registries, flags)
     ensure_output_folder(target)
     console.print(f"upscaling {len(files)} images x{settings['scale']} with {settings['engine']}", highlight=False)

@@ -12,7 +12,7 @@ import contextlib
 import errno
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from dva.core.errors import ConfigError
@@ -55,6 +55,23 @@ def inside(folder: Path, root: Path) -> bool:
     """Whether ``folder`` is ``root`` or lies under it (after resolving links and ``..``)."""
     folder, root = folder.resolve(), root.resolve()
     return folder == root or root in folder.parents
+
+
+def refuse_inputs_in_outputs(inputs: Iterable[Path], out: Path, written: Iterable[str], flag: str = "--out") -> None:
+    """Refuse, before anything runs, an input that lies where a command writes: ``written`` are the names
+    directly under ``out`` that it writes (image folders, or files), and an input that is one of them or lies
+    inside one would be overwritten or removed by its own outputs (``--out`` pointed at the scans' folder).
+
+    Names are compared case-folded, as on the case-insensitive file systems of macOS and Windows.
+    """
+    root = out.resolve()
+    names = {name.casefold() for name in written}
+    for path in inputs:
+        resolved = Path(path).resolve()
+        if root in resolved.parents and resolved.relative_to(root).parts[0].casefold() in names:
+            place = root / resolved.relative_to(root).parts[0]
+            raise ConfigError(f"The input {path} lies where dva writes its outputs ({place}), so they would "
+                              f"overwrite or remove it; choose another {flag}.")
 
 
 def ensure_output_folder(out: Path, flag: str = "--out") -> None:

@@ -162,6 +162,10 @@ def document(result: CheckResult, header: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Every file write_outputs may write into the output folder.
+FILES = ("per_image.csv", "classes.csv", "vae_check.json", "summary.md", "worst.png", "manifest.json")
+
+
 def write_outputs(out: Path, result: CheckResult, header: dict[str, Any]) -> list[str]:
     """Write every file into ``out`` (atomically); returns their names. ``header`` goes into the JSON and manifest."""
     from dva.core.manifest import write_manifest

@@ -56,6 +56,7 @@ def plan_run(recipe: Recipe, inputs: list[str] | io.InputWalk, out: Path, catalo
     check_tiling(recipe, catalogue)
     shard = current_shard(recipe.device)
     keys = output_keys(files, extensions)
+    outputs.refuse_inputs_in_outputs(files, out, keys)
     failed = [ImageJob(path, path.name, "failed", message) for path, message in missing] if shard.is_main else []
     return Plan(out, modality, mask, shard, shard.take(list(zip(files, keys))),
                 {key: index for index, key in enumerate(keys)}, failed)
