@@ -132,7 +132,7 @@ def attribution_row(label: str, overrides: dict, data: Path, work: Path, base: d
         scores = similarity(gray(image.model_input), gray(image.model_counterfactual), mask=~lesion)
         outside.append(scores.ssim)
     common = {"ssim_outside_lesion": float(np.mean(outside)), "seconds_per_image": float(np.mean(seconds)),
-              "unet_calls": runs[0].header.get("unet_calls")}
+              "unet_calls": runs[0].header.get("unet_calls"), "unet_evaluations": runs[0].header.get("unet_evaluations")}
     rows = [{"setting": label, **map_measures(evaluate(dataset, runs, Settings(["localisation"]), catalogue)),
              **common}]
     if all(image.has_map("calibrated") for run in runs for image in run.images):

@@ -5,9 +5,9 @@ guidance (guidance scale above 1) is two evaluations per image. The thesis' sett
 steps) makes 64 calls, i.e. 128 evaluations per image. This script measures, per prior, scheduler, step count,
 strength, guidance, reference and number of samples, what the maps are worth for what they cost:
 
-- the cost: UNet evaluations per image, from the prior's own ``unet_calls`` as the run records it (see
-  :func:`evaluations_per_image`; ``tests/test_bench_evaluations.py`` checks it against a counter wrapped
-  around the UNet's forward);
+- the cost: UNet evaluations per image, as the run records it (``unet_evaluations`` in its manifest,
+  ``dva.core.runtime.Runtime.unet_evaluations``; ``tests/test_bench_evaluations.py`` checks it against a
+  counter wrapped around the UNet's forward);
 - the quality (``bench_attribution.attribution_row``, on Normal and Lung Opacity phantoms with lung masks):
   pixel AUPRC and best Dice against the lesions, the null ratio, and the image-level AUROC from the raw map's
   99.5th percentile in the lungs. A calibrated score exists only when the model folder holds a calibration
@@ -77,23 +77,6 @@ class Setting:
     def overrides(self) -> dict[str, Any]:
         return {"prior": self.prior, "strength": self.strength, "steps": self.steps, "scheduler": self.scheduler,
                 "guidance_scale": self.guidance_scale, "reference": self.reference, "samples": self.samples}
-
-
-def evaluations_per_image(prior: str, unet_calls: int, guidance_scale: float, reference: str, samples: int) -> int:
-    """UNet evaluations per image, from the prior's own ``unet_calls`` (calls per image before guidance doubling).
-
-    - guidance above 1 doubles every guided call's batch (the unconditional and the prompted halves);
-    - ``--reference reconstruction`` runs the prior again from the same start, unguided: once more its denoising;
-    - ``--samples K`` runs everything K times;
-    - ddim-inversion's ``unet_calls`` are its inversion (unguided) plus its denoising, half each; the
-      reconstruction reuses the inversion, so only its denoising is counted again.
-    """
-    guided = 2 if guidance_scale > 1 else 1
-    again = 1 if reference == "reconstruction" else 0
-    if prior == "ddim-inversion":
-        each_way = unet_calls // 2
-        return samples * (each_way + each_way * guided + each_way * again)
-    return samples * unet_calls * (guided + again)
 
 
 def steps_for(strength: float, calls: int) -> int:
@@ -185,8 +168,7 @@ def measure(setting: Setting, data: Path, work: Path, base: dict, catalogue: Any
         row["calibrated"] = row["setting"].endswith(", calibrated")
         row["recipe"] = asdict(setting)
         row["family"] = setting.family
-        row["evaluations"] = evaluations_per_image(setting.prior, row["unet_calls"], setting.guidance_scale,
-                                                   setting.reference, setting.samples)
+        row["evaluations"] = row["unet_evaluations"]
     return rows
 
 

@@ -23,7 +23,7 @@ from dva.core.calibration import HEATMAP_SCALE
 from dva.core.report import write_report
 
 HEADER = {"recipe": {"prior": "sdedit", "prior_options": {"strength": 0.55}, "steps": 75, "guidance_scale": 4.0,
-                     "reference": "input", "seed": 3}, "encoder": {"name": "radbert"}, "unet_calls": 41,
+                     "reference": "input", "seed": 3}, "encoder": {"name": "radbert"}, "unet_calls": 41, "unet_evaluations": 82,
           "calibration": {"calibrated": True, "images": 50}, "prompt": "normal chest x ray"}
 
 
@@ -112,7 +112,7 @@ def test_the_header_says_the_runs_settings_and_each_card_its_numbers(run_folder)
     out, images = run_folder
     page = page_of(out, images)
     header = page.split('<main class="cards"')[0]
-    for said in ("prior <b>sdedit (strength 0.55)</b>", "steps <b>75 (41 UNet calls)</b>", "guidance <b>4.0</b>",
+    for said in ("prior <b>sdedit (strength 0.55)</b>", "steps <b>75 (82 UNet evaluations per image)</b>", "guidance <b>4.0</b>",
                  "encoder <b>radbert</b>", "reference <b>input</b>", "calibration <b>against 50 healthy scans</b>"):
         assert said in header
     card = _card(page, "Normal-1")

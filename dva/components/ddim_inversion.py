@@ -98,6 +98,10 @@ class DDIMInversionPrior:
         """UNet evaluations per image (before classifier-free guidance doubling): inversion plus denoising."""
         return 2 * self.steps_run(steps)
 
+    def unguided_calls(self, steps: int) -> int:
+        """The inversion's calls: never doubled by guidance, and shared with ``--reference reconstruction``."""
+        return self.steps_run(steps)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, 4, h, w)`` (float32) of inputs ``(B, 3, H, W)`` in [0, 1]: the posterior's mode, scaled."""

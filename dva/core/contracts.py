@@ -181,7 +181,9 @@ class Prior(Protocol):
         return None
 
     def unet_calls(self, steps: int) -> int:
-        """Denoising UNet evaluations per image for ``steps`` (before guidance doubles them)."""
+        """UNet calls per image for ``steps`` (before guidance doubles them). A prior whose calls include some it
+        makes without guidance and shares with ``--reference reconstruction`` (an inversion) may also offer
+        ``unguided_calls(steps)``, so the run's ``unet_evaluations`` counts them once."""
 
     def generate(self, request: GenerateRequest) -> torch.Tensor:
         """Counterfactuals ``(B, 3, H, W)`` in [0, 1], each from its own generator."""

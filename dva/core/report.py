@@ -277,8 +277,9 @@ def _settings(header: dict[str, Any]) -> list[tuple[str, str]]:
         strength = options.get("strength")
         found.append(("prior", recipe["prior"] + (f" (strength {strength})" if strength is not None else "")))
     if recipe.get("steps") is not None:
-        calls = header.get("unet_calls")
-        found.append(("steps", f"{recipe['steps']}" + (f" ({calls} UNet calls)" if calls is not None else "")))
+        evaluations = header.get("unet_evaluations")
+        found.append(("steps", f"{recipe['steps']}" + (f" ({evaluations} UNet evaluations per image)"
+                                                       if evaluations is not None else "")))
     for key, label in (("guidance_scale", "guidance"), ("scheduler", "scheduler")):
         if recipe.get(key) is not None:
             found.append((label, str(recipe[key])))

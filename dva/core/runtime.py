@@ -300,6 +300,18 @@ class Runtime:
     def unet_calls(self) -> int:
         return self.prior.unet_calls(self.recipe.steps)
 
+    def unet_evaluations(self) -> int:
+        """UNet evaluations per image, a batch doubled by classifier-free guidance counted twice: the prior's
+        guided calls twice with guidance (scale above 1), once more for ``--reference reconstruction`` (the same
+        run, unguided), all ``--samples`` times; calls the prior makes unguided and shares with the
+        reconstruction (its optional ``unguided_calls(steps)``, e.g. ddim-inversion's inversion) count once."""
+        steps = self.recipe.steps
+        calls = self.prior.unet_calls(steps)
+        shared = getattr(self.prior, "unguided_calls", lambda _: 0)(steps)
+        guided = 2 if self.recipe.guidance_scale > 1 else 1
+        again = 1 if self.recipe.reference == "reconstruction" else 0
+        return self.recipe.samples * (shared + (calls - shared) * (guided + again))
+
 
 def quiet_libraries() -> None:
     """dva draws its own progress; silence the per-file progress bars of diffusers and transformers."""

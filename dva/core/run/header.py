@@ -58,6 +58,7 @@ def run_header(recipe_dict: dict[str, Any], runtime: Any) -> dict[str, Any]:
         "dtype": str(runtime.dtype).removeprefix("torch."),
         "resolution": runtime.resolution,
         "unet_calls": runtime.unet_calls(),
+        "unet_evaluations": runtime.unet_evaluations(),
         "seeds": {"per_image": recipe_dict["seed"], "generator": "torch.Generator('cpu').manual_seed(seed), one per image"},
         "samples": recipe_dict.get("samples", 1),
         "processes": 1,
