@@ -49,7 +49,8 @@ def check_vae(images: tuple[str, ...], model: str | None, revision: str | None, 
     from dva.core.runtime import pick_device, pick_dtype
     from dva.core.weights import identify
     from dva.evaluate.vae_check import check_images, load_vae, locate_vae, vae_resolution
-    from dva.evaluate.vae_report import FILES, class_table, to_rich_table, verdict_line, worst_table, write_outputs
+    from dva.evaluate.tables import print_table
+    from dva.evaluate.vae_report import FILES, class_table, verdict_line, worst_table, write_outputs
 
     console = Console(stderr=True, soft_wrap=True)
     target = Path(out)
@@ -59,10 +60,10 @@ def check_vae(images: tuple[str, ...], model: str | None, revision: str | None, 
         console.print(f"[red]skipped[/] {reason}", highlight=False)
     if not files:
         raise ConfigError("No images to check: " + (missing[0][1] if missing else "pass image files or folders."))
-    refuse_inputs_in_outputs(files, target, FILES)
-    ensure_output_folder(target)
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size}: must be at least 1.")
+    refuse_inputs_in_outputs(files, target, FILES)
+    ensure_output_folder(target)
     batch_size = batch_size or 1  # the flags shared with dva run are None when not given: their defaults apply
     chosen = pick_device(device or "auto")
     vae = load_vae(source, chosen, pick_dtype(dtype or "auto", chosen))
@@ -81,9 +82,9 @@ def check_vae(images: tuple[str, ...], model: str | None, revision: str | None, 
                   "dtype": str(vae.dtype).removeprefix("torch."), "inputs": list(images)}}
     written = write_outputs(target, result, header)
     terminal = Console(soft_wrap=False)
-    terminal.print(to_rich_table(class_table(result)))
+    print_table(terminal, class_table(result))
     if result.worst:
-        terminal.print(to_rich_table(worst_table(result)))
+        print_table(terminal, worst_table(result))
     terminal.print(f"[bold]{verdict_line(result)}[/]", highlight=False, soft_wrap=True)
     console.print(f"Written to {target}/: {', '.join(written)}.", highlight=False)
     return 1 if result.overall.failed or missing else 0

@@ -92,21 +92,6 @@ def verdict_line(result: CheckResult) -> str:
     return f"VAE check: {overall.verdict or 'no verdict'} ({scored} images scored{failed}; {classes})"
 
 
-def to_rich_table(table: Table) -> Any:
-    """A rich table that stays readable at 80 columns: long class and image names fold instead of being cut."""
-    from rich.table import Table as RichTable
-
-    shown = RichTable(title=table.title, title_justify="left", caption="\n".join(table.notes) or None,
-                      caption_justify="left", pad_edge=False)
-    for column in table.columns:
-        text = column in ("class", "image")
-        shown.add_column(column, justify="left" if text or column == "verdict" else "right", overflow="fold",
-                         no_wrap=not text, style="bold" if column == "verdict" else None)
-    for row in table.rows:
-        shown.add_row(*(str(value) for value in row))
-    return shown
-
-
 def _cell(gray_or_rgb: np.ndarray) -> np.ndarray:
     """An image fitted into a CELL x CELL uint8 RGB square (aspect kept, black around)."""
     from PIL import Image
