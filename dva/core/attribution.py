@@ -44,7 +44,7 @@ def colour_table(name: str) -> np.ndarray:
     return table
 
 
-def _levels(fraction: np.ndarray) -> np.ndarray:
+def levels(fraction: np.ndarray) -> np.ndarray:
     """Fractions in [0, 1] as lookup-table indices, binned as matplotlib bins them (``floor(x * 256)``, 1 -> 255)."""
     return np.minimum((fraction * LEVELS).astype(np.int32), LEVELS - 1)
 
@@ -56,14 +56,14 @@ def heatmap_rgb8(signed: np.ndarray, scale: float) -> np.ndarray:
     into the same 256 entries) in a sixth of the time and memory on a full-size scan (docs/benchmarks.md).
     """
     fraction = np.clip(np.abs(signed) / np.float32(scale), 0.0, 1.0)
-    return np.take(colour_table(HEATMAP_COLORMAP), _levels(fraction), axis=0)
+    return np.take(colour_table(HEATMAP_COLORMAP), levels(fraction), axis=0)
 
 
 def signed_heatmap_rgb8(signed: np.ndarray, scale: float) -> np.ndarray:
     """The signed map coloured with :data:`SIGNED_COLORMAP` from ``-scale`` (blue) through 0 (white) to
     ``+scale`` (red), as uint8 RGB: the same scale as :func:`heatmap_rgb8`, centred on zero."""
     fraction = (np.clip(signed / np.float32(scale), -1.0, 1.0) + 1.0) * 0.5
-    return np.take(colour_table(SIGNED_COLORMAP), _levels(fraction), axis=0)
+    return np.take(colour_table(SIGNED_COLORMAP), levels(fraction), axis=0)
 
 
 def heatmap(signed: np.ndarray, scale: float) -> np.ndarray:

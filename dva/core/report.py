@@ -81,7 +81,7 @@ def _grey_map(fraction: np.ndarray) -> GreyMap:
     pixels a side (a larger map is reduced by its levels' box average)."""
     from PIL import Image
 
-    levels = np.minimum(np.clip(fraction, 0.0, 1.0) * LEVELS, LEVELS - 1).astype(np.uint8)
+    levels = attribution.levels(np.clip(fraction, 0.0, 1.0)).astype(np.uint8)
     image = Image.fromarray(levels)
     if max(image.size) > MAP_SIDE:
         image.thumbnail((MAP_SIDE, MAP_SIDE), Image.Resampling.BOX)
@@ -104,9 +104,10 @@ def read_maps(folder: Path) -> MapData:
             signed = tensors.get_tensor("attribution")
             mask = tensors.get_tensor("mask").astype(bool) if "mask" in names else None
             calibrated = tensors.get_tensor("calibrated") if "calibrated" in names else None
+        recorded = float(metadata.get("heatmap_scale") or "nan")
     except (OSError, SafetensorError, KeyError, ValueError):
         return MapData()
-    scale = float(metadata.get("heatmap_scale") or attribution.map_scale(signed, mask))
+    scale = recorded if np.isfinite(recorded) and recorded > 0 else attribution.map_scale(signed, mask)
     magnitude = np.abs(signed)
     inside = magnitude[mask] if mask is not None and mask.shape == magnitude.shape and mask.any() else magnitude
     return MapData(scale, _grey_map(magnitude / scale),

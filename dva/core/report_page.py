@@ -74,7 +74,8 @@ pre{background:#1a1d21;padding:1em;white-space:pre-wrap;overflow-wrap:anywhere;f
 SCRIPT = """
 "use strict";
 function dvaLevel() {
-  return Math.round(parseFloat(document.getElementById("threshold").value) * 255 / 100);
+  // the lowest level whose bin (floor(f * 256), as dva.core.attribution.levels) lies wholly at or above the threshold
+  return Math.min(255, Math.ceil(parseFloat(document.getElementById("threshold").value) * 256 / 100));
 }
 function dvaPaint(canvas, level) {
   const grey = canvas.dvaGrey;
