@@ -169,9 +169,22 @@ def test_mismatched_calibration_is_refused_or_left_unused(catalogue, model_copy,
     assert all("score" not in job.summary() for job in result.jobs)
 
 
+def test_a_calibration_made_with_lung_masks_is_not_used_by_a_run_without_them(catalogue, model_copy, tmp_path):
+    images, masks = healthy_scans(tmp_path / "healthy", 3)
+    calibrate(recipe_for(catalogue, model_copy, steps=2, strength=0.5, guidance_scale=2.0, seed=3), [str(images)],
+              catalogue, str(masks))
+    settings = {"model": str(model_copy)}  # the module's dva_run: steps 2, strength 0.5, guidance 2
+    with pytest.raises(ConfigError, match="made with lung masks and this run has none"):
+        dva_run(catalogue, [images], tmp_path / "out", calibration="require", **settings)
+    unmasked = dva_run(catalogue, [images], tmp_path / "out", **settings)
+    assert unmasked.header["calibration"]["calibrated"] is False and "pass --mask" in unmasked.header["calibration"]["reason"]
+    masked = dva_run(catalogue, [images], tmp_path / "masked", mask=str(masks), **settings)
+    assert masked.header["calibration"]["calibrated"] is True
+
+
 def test_a_tiled_recipe_is_refused_before_anything_runs(catalogue, model_copy, tmp_path):
     images, masks = healthy_scans(tmp_path / "healthy", 3)
-    with pytest.raises(ConfigError, match="calibrate without --tile"):
+    with pytest.raises(ConfigError, match="calibrate with an entry whose tile is off"):
         calibrate(recipe_for(catalogue, model_copy, steps=2, strength=0.5, tile="auto"), [str(images)], catalogue,
                   str(masks))
     assert not (model_copy / calibration.FOLDER).exists()

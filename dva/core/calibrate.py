@@ -28,8 +28,8 @@ def calibrate(recipe: Any, inputs: Any, catalogue: Any, mask: str | None = None,
     from safetensors.numpy import load_file
 
     if parse_tile(getattr(recipe, "tile", "off")) is not None:
-        raise ConfigError("dva calibrate: --tile makes maps at each scan's own size, which have no per-pixel "
-                          "statistics in common; calibrate without --tile.")
+        raise ConfigError("dva calibrate: the entry's tile setting makes maps at each scan's own size, which have no "
+                          "per-pixel statistics in common; calibrate with an entry whose tile is off.")
     recipe = dataclasses.replace(recipe, calibration="off")
     with tempfile.TemporaryDirectory(prefix="dva-calibrate-") as temporary:
         result = run(recipe, inputs, Path(temporary) / "out", catalogue, mask, events=events)

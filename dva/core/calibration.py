@@ -227,11 +227,13 @@ def load(model_location: str) -> Calibration | None:
         raise ConfigError(f"The calibration in {folder} cannot be read ({error}); rerun dva calibrate.") from error
 
 
-def for_run(header: dict[str, Any], mode: str) -> tuple[Calibration | None, dict[str, Any]]:
+def for_run(header: dict[str, Any], mode: str, masks: bool | None = None) -> tuple[Calibration | None, dict[str, Any]]:
     """The calibration a run uses (or None) and what its manifest says about it.
 
     ``mode``: ``auto`` uses the model folder's calibration when it was made with this recipe (and this format),
-    ``require`` refuses to run without one, ``off`` uses none.
+    ``require`` refuses to run without one, ``off`` uses none. ``masks``: whether the run has masks; a
+    calibration made with lung masks has no statistics for a whole-image score, nor one made without them for a
+    lung-only score, so one made the other way is not used either.
     """
     if mode == "off":
         return None, {"calibrated": False, "reason": "calibration off"}
@@ -245,6 +247,10 @@ def for_run(header: dict[str, Any], mode: str) -> tuple[Calibration | None, dict
     elif info.get("recipe_key") != key:
         reason = (f"the calibration in {location} was made with another recipe ({info.get('entry')!r}, key "
                   f"{info.get('recipe_key')}; this run's key is {key}), so it is not used")
+    elif masks is not None and "masks" in info and bool(info["masks"]) != masks:
+        reason = (f"the calibration in {location} was made {'with' if info['masks'] else 'without'} lung masks and "
+                  f"this run has {'none' if info['masks'] else 'them'}, so its scores would not compare; it is not "
+                  f"used ({'pass --mask' if info['masks'] else 'calibrate with --mask'})")
     else:
         calibration = load(location)
         return calibration, {"calibrated": True, "recipe_key": key, "images": info.get("images"),

@@ -56,7 +56,7 @@ def run(
         events.loaded(runtime)
         sampler = Sampler(runtime, recipe)
         header = describe_run(recipe, runtime, plan.shard.count)
-        calibration = calibrated_header(header, recipe)
+        calibration = calibrated_header(header, recipe, mask)
         ledger = Ledger(plan, header, events)
         events.started(plan.total)
         for job in plan.failed:
@@ -70,10 +70,10 @@ def run(
         return finalize(ledger, plan.positions)
 
 
-def calibrated_header(header: dict[str, Any], recipe: Recipe) -> Calibration | None:
+def calibrated_header(header: dict[str, Any], recipe: Recipe, mask: str | None) -> Calibration | None:
     """The model folder's calibration when the run uses it (:func:`dva.core.calibration.for_run`); the header
     says whether the run is calibrated and, when it is, how its scores are made (``score_method``)."""
-    calibration, status = for_run(header, getattr(recipe, "calibration", "auto") or "auto")
+    calibration, status = for_run(header, getattr(recipe, "calibration", "auto") or "auto", masks=mask is not None)
     header["calibration"] = status
     if calibration is not None:
         header["score_method"] = status["score_method"]
