@@ -71,11 +71,6 @@ def heatmap(signed: np.ndarray, scale: float) -> np.ndarray:
     return heatmap_rgb8(signed, scale).astype(np.float32) / 255.0
 
 
-def signed_heatmap(signed: np.ndarray, scale: float) -> np.ndarray:
-    """RGB signed heatmap in [0, 1] (see :func:`signed_heatmap_rgb8`)."""
-    return signed_heatmap_rgb8(signed, scale).astype(np.float32) / 255.0
-
-
 def overlay(
     gray: np.ndarray, signed: np.ndarray, scale: float, opacity: float = 0.6, heat: np.ndarray | None = None
 ) -> np.ndarray:

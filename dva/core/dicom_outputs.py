@@ -99,8 +99,7 @@ def dicom_files(source: Path, counterfactual: np.ndarray, signed_map: np.ndarray
     map_values = map_stored_values(signed_map)
     pixels = {COUNTERFACTUAL: stored, MAP: map_values}
     if overlay is not None:
-        rgb = overlay if overlay.dtype == np.uint8 else (np.clip(overlay, 0, 1) * 255 + 0.5).astype(np.uint8)
-        pixels[OVERLAY] = rgb
+        pixels[OVERLAY] = io.to_uint8(overlay)
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(array).tobytes() for array in pixels.values())).hexdigest()
     try:
         made = {COUNTERFACTUAL: counterfactual_image(dataset, stored, _uids(dataset, COUNTERFACTUAL, digest)),

@@ -40,6 +40,8 @@ def versions() -> dict[str, str]:
 # changes no output), so that a run made before them still resumes: (recipe field, option, default).
 LATER_OPTIONS: tuple[tuple[str, str, Any], ...] = (("prior_options", "region", ""),)
 # Recipe settings added after runs were fingerprinted, left out at their default likewise: (setting, default).
+# ``fullsize`` at its default writes fewer full-size PNGs than runs before it did, with the same maps and the same
+# values in attribution.safetensors; an image finished by such a run keeps its files when the run resumes.
 LATER_SETTINGS: tuple[tuple[str, Any], ...] = (("calibration", "auto"), ("tile", "off"), ("tile_overlap", 0.5),
                                                   ("fullsize", "counterfactual"))
 

@@ -26,6 +26,7 @@ IMAGE_OUTPUTS = (
     "uncertainty.png", "fullsize/counterfactual.png", "fullsize/attribution.png", "fullsize/overlay.png",
     "fullsize/reconstruction.png", "fullsize/uncertainty.png", "calibrated.png", "fullsize/calibrated.png",
     "attribution.safetensors", "signed.png", "fullsize/signed.png", "fullsize/counterfactual-16bit.png",
+    "dicom/counterfactual.dcm", "dicom/map.dcm", "dicom/overlay.dcm",  # dva.core.dicom_outputs' files
 )
 UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 MAX_NAME_BYTES = 200  # file systems allow 255; room is left for the suffix and temporary-file names
