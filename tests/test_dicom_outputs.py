@@ -198,3 +198,13 @@ def test_dva_run_writes_them_for_a_dicom_input_and_a_rerun_writes_the_same_bytes
     assert dva_run() == 0
     assert json.loads((out / "chest" / "record.json").read_text())["checksums"][COUNTERFACTUAL] == record["checksums"][COUNTERFACTUAL]
     assert {name: (out / "chest" / name).read_bytes() for name in before} == before
+
+
+def test_dicom_files_of_an_earlier_run_are_removed_when_this_run_writes_none(tmp_path):
+    from dva.core.outputs import remove_stale_outputs
+
+    for name in (COUNTERFACTUAL, MAP, OVERLAY):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"earlier")
+    remove_stale_outputs(tmp_path, {"input.png"}, [])
+    assert not any((tmp_path / name).exists() for name in (COUNTERFACTUAL, MAP, OVERLAY))
