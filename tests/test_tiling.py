@@ -54,6 +54,17 @@ def test_a_tiled_run_writes_the_counterfactual_and_map_at_the_inputs_own_size(ca
     assert (recipe["tile"], recipe["tile_overlap"]) == ("auto", 0.5)
 
 
+def test_a_side_off_the_latent_grid_is_padded_up_to_it_so_the_model_sees_the_scans_own_pixels(catalogue, tiny_sd,
+                                                                                                tmp_path):
+    pixels = chest_like(128, 3)[14:113, :125]  # 99 x 125: the long side is on no latent grid but 1's
+    dva_run(catalogue, [saved(tmp_path / "inputs", "odd", pixels)], tmp_path / "out", model=str(tiny_sd), tile="auto")
+    seen = png(tmp_path / "out" / "odd" / "input.png")
+    side = seen.shape[0]
+    assert side > 125 and side % 2 == 0
+    top, left = (side - 99) // 2, (side - 125) // 2
+    np.testing.assert_array_equal(seen[top:top + 99, left:left + 125], pixels)  # padded, not resampled
+
+
 @pytest.mark.parametrize("prior, settings", [
     ("sdedit", {"scheduler": "euler"}),
     ("sdedit", {"scheduler": "dpm-solver++", "reference": "reconstruction"}),

@@ -44,7 +44,7 @@ class SDEditUpscaler:
         """The super-resolved image ``(sH, sW)`` in [0, 1] and a note for the user (a small image), if any."""
         upsampled = bicubic(pixels, self.scale)
         side, note = working_side(upsampled.shape, self.tiling, self.runtime.resolution)
-        square, padding = io.to_model_input(upsampled, side)
+        square, padding = io.to_model_input(upsampled, side, pad_only=note is None)
         images = torch.from_numpy(square)[None, None].repeat(1, 3, 1, 1)
         recipe = self.runtime.recipe
         request = GenerateRequest(images, self.positive, self.negative, [torch.Generator("cpu").manual_seed(seed)],

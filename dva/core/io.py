@@ -452,10 +452,13 @@ def check_fits_in_memory(path: Path, height: int, width: int) -> None:
         )
 
 
-def pad_to_square(pixels: np.ndarray) -> tuple[np.ndarray, Padding]:
-    """Pad with black (zero) on both sides of the short axis so the aspect ratio is kept."""
+def pad_to_square(pixels: np.ndarray, side: int | None = None) -> tuple[np.ndarray, Padding]:
+    """Pad with black (zero) on both sides of the short axis so the aspect ratio is kept, to a square of the long
+    side (or of ``side``, at least the long side)."""
     height, width = pixels.shape[:2]
-    side = max(height, width)
+    side = max(height, width) if side is None else side
+    if side < max(height, width):
+        raise ValueError(f"cannot pad a {width}x{height} image to a {side}-pixel square")
     top, left = (side - height) // 2, (side - width) // 2
     padding = Padding(top, side - height - top, left, side - width - left)
     widths = [(padding.top, padding.bottom), (padding.left, padding.right)] + [(0, 0)] * (pixels.ndim - 2)
@@ -481,8 +484,15 @@ def resize(pixels: np.ndarray, size: tuple[int, int], nearest: bool = False) -> 
     return cv2.resize(pixels.astype(np.float32), (width, height), interpolation=method)
 
 
-def to_model_input(pixels: np.ndarray, resolution: int, nearest: bool = False) -> tuple[np.ndarray, Padding]:
-    """Pad to a square and resize to ``resolution``; returns the model image and the padding used."""
+def to_model_input(pixels: np.ndarray, resolution: int, nearest: bool = False,
+                   pad_only: bool = False) -> tuple[np.ndarray, Padding]:
+    """Pad to a square and resize to ``resolution``; returns the model image and the padding used.
+
+    ``pad_only``: pad straight to a ``resolution`` square (at least the long side) and resize nothing, so the
+    pixels reach the model as they are (``--tile``, whose side is the long side rounded up to the latent grid).
+    """
+    if pad_only:
+        return pad_to_square(pixels, resolution)
     square, padding = pad_to_square(pixels)
     return resize(square, (resolution, resolution), nearest=nearest), padding
 
@@ -490,7 +500,7 @@ def to_model_input(pixels: np.ndarray, resolution: int, nearest: bool = False) -
 def to_original(pixels: np.ndarray, padding: Padding, original: tuple[int, int]) -> np.ndarray:
     """Undo :func:`to_model_input`: resize to the padded square, then crop the padding away."""
     height, width = original
-    side = max(height, width)
+    side = height + padding.top + padding.bottom
     square = resize(pixels, (side, side)) if pixels.ndim == 2 else np.stack(
         [resize(pixels[..., c], (side, side)) for c in range(pixels.shape[-1])], axis=-1
     )

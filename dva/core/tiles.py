@@ -79,14 +79,15 @@ def working_side(size: tuple[int, int], tiling: Tiling | None, resolution: int) 
     """The square side an image of ``size`` (height, width) is worked at, and a note for the user, if any.
 
     Without tiling: the model's ``resolution``. With it: the image's long side rounded up to the latent grid
-    (a multiple of ``latent_factor``), so the counterfactual and the map are at the scan's own resolution; an
-    image smaller than one tile is worked at the tile's size in one pass, as without ``--tile``.
+    (a multiple of ``latent_factor``; the image is padded to it, not resized), so the counterfactual and the map
+    are at the scan's own resolution; an image smaller than one tile is resized up to the tile's size and worked in
+    one pass.
     """
     if tiling is None:
         return resolution, None
     side = max(size)
     if side < tiling.tile:
-        return tiling.tile, (f"{size[1]}x{size[0]} px is smaller than one {tiling.tile}-px tile, so it ran in one pass "
-                             f"at {tiling.tile} px, as without --tile")
+        return tiling.tile, (f"{size[1]}x{size[0]} px is smaller than one {tiling.tile}-px tile, so it was resized to "
+                             f"{tiling.tile} px and ran in one pass")
     factor = tiling.latent_factor
     return -(-side // factor) * factor, None

@@ -82,7 +82,7 @@ def expand(
         side, note = working_side(image.pixels.shape[:2], tiling, resolution)
         if note:
             job.warnings.append(note)
-        fit(job, source, image, side)
+        fit(job, source, image, side, pad_only=tiling is not None and note is None)
         jobs.append(job)
     return source, jobs
 
@@ -103,8 +103,9 @@ def find_mask(mask: str | None, image: Path, extensions: tuple[str, ...] = io.SU
     raise ConfigError(MISSING_MASK.format(mask=mask))
 
 
-def fit(job: ImageJob, source: ScanInput, image: ScanImage, resolution: int) -> None:
-    """Fill ``job`` with one image of ``source`` fitted to the model (and its mask, if any)."""
+def fit(job: ImageJob, source: ScanInput, image: ScanImage, resolution: int, pad_only: bool = False) -> None:
+    """Fill ``job`` with one image of ``source`` fitted to the model (and its mask, if any); ``pad_only``: padded to
+    a ``resolution`` square and not resized (:func:`dva.core.io.to_model_input`)."""
     job.sha256 = source.sha256
     job.kind = source.kind
     job.bit_depth = source.bit_depth
@@ -114,10 +115,11 @@ def fit(job: ImageJob, source: ScanInput, image: ScanImage, resolution: int) -> 
     if image.mask is not None and not image.mask.any():
         raise InputError(f"{job.mask_path or source.path}: the mask of {source.path.name} is empty (all zero), so its "
                          "map would be all zero; use the mask made for this image.")
-    job.model_image, job.padding = io.to_model_input(image.pixels, resolution)
+    job.model_image, job.padding = io.to_model_input(image.pixels, resolution, pad_only=pad_only)
     if image.mask is not None:
         job.mask = image.mask
-        job.model_mask = io.to_model_input(image.mask.astype(np.float32), resolution, nearest=True)[0] > 0.5
+        job.model_mask = io.to_model_input(image.mask.astype(np.float32), resolution, nearest=True,
+                                           pad_only=pad_only)[0] > 0.5
         if not job.model_mask.any():
             raise InputError(f"{job.mask_path or source.path}: the mask of {source.path.name} covers less than one pixel "
                              f"of the {resolution}-pixel model image, so its map would be all zero; check the mask.")
