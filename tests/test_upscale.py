@@ -65,6 +65,7 @@ def test_dva_model_upscales_each_scan_and_reports_a_bad_file(tiny_sd, scans, tmp
     eight, sixteen = Image.open(out / "eight.png"), Image.open(out / "sixteen.png")
     assert eight.size == (96, 96) and eight.mode == "L"
     assert sixteen.size == (80, 80) and sixteen.mode.startswith("I"), "a 16-bit input gives a 16-bit PNG"
+    assert np.asarray(sixteen).max() < 4096, "on the input's own 12-bit scale, as dva run's 16-bit counterfactual"
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"done": 2, "failed": 1}
     assert manifest["settings"]["engine"] == "sdedit" and manifest["settings"]["strength"] == 0.3
@@ -115,3 +116,22 @@ def test_an_out_that_would_overwrite_an_input_is_refused_before_any_model_loads(
     assert upscale(str(scans / "eight.png"), "--model", str(tmp_path / "no-model"), "--out", str(scans)) == 2
     assert "lies where dva writes its outputs" in capsys.readouterr().err
     assert (scans / "eight.png").read_bytes() == before and not (scans / "manifest.json").exists()
+
+
+def test_an_image_the_model_fails_on_is_recorded_and_the_others_go_on(tiny_sd, scans, tmp_path, capsys, monkeypatch):
+    from dva.components.upscaling import SDEditUpscaler
+
+    real = SDEditUpscaler.upscale
+
+    def failing_on_small(self, pixels, seed):
+        if pixels.shape[0] == 40:
+            raise RuntimeError("CUDA out of memory")
+        return real(self, pixels, seed)
+
+    monkeypatch.setattr(SDEditUpscaler, "upscale", failing_on_small)
+    out = tmp_path / "out"
+    assert upscale(str(scans), "--model", str(tiny_sd), "--scale", "2", "--steps", "2", "--out", str(out)) == 1
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"done": 1, "failed": 2}
+    assert (out / "eight.png").exists() and not (out / "sixteen.png").exists()
+    assert "upscaling failed (CUDA out of memory)" in capsys.readouterr().err

@@ -60,15 +60,18 @@ def upscale(inputs: tuple[str, ...], upscaler: str | None, scale: int | None, no
     files, missing = collect_inputs(inputs, exclude=[target])
     if not files:
         raise ConfigError(missing[0][1] if missing else "No inputs given; pass image files, DICOM files or folders.")
-    refuse_inputs_in_outputs(files, target, [*(f"{key}.png" for key in _keys(files)), "manifest.json"])
+    keys = _keys(files)
+    refuse_inputs_in_outputs(files, target, [*(f"{key}.png" for key in keys), "manifest.json"])
     engine, settings = _engine(upscaler, scale, noise_level, entry, registries, flags)
     ensure_output_folder(target)
     console.print(f"upscaling {len(files)} images x{settings['scale']} with {settings['engine']}", highlight=False)
     records = [{"input": str(path), "status": "failed", "error": reason} for path, reason in missing]
+    _write_manifest(target, settings, records)  # at once and after each image: no earlier run's manifest stays
     with rich_progress() as progress:
         advance = progress("images", len(files))
-        for path, key in zip(files, _keys(files)):
+        for path, key in zip(files, keys):
             records.append(_one(engine, path, key, target, settings["seed"]))
+            _write_manifest(target, settings, records)
             advance(1)
     for record in records:
         if record["status"] == "failed":
@@ -136,17 +139,20 @@ def _x4(folder: str, scale: int | None, noise_level: int, flags: dict[str, Any],
 def _one(engine: Any, path: Path, key: str, target: Path, seed: int) -> dict[str, Any]:
     """Upscale one input into ``target/<key>.png``; its manifest record (failed, with why, for a bad file)."""
     from dva.core.errors import InputError
-    from dva.core.io import atomic_write_bytes, read_scan
+    from dva.core.io import atomic_write_bytes, check_fits_in_memory, read_scan
 
     started = time.perf_counter()
     try:
         scan = read_scan(path)
+        check_fits_in_memory(path, *(side * engine.scale for side in scan.pixels.shape[:2]))
+        made, note = engine.upscale(scan.pixels, seed)
     except InputError as error:
         return {"input": str(path), "status": "failed", "error": str(error)}
-    made, note = engine.upscale(scan.pixels, seed)
+    except (RuntimeError, ValueError, MemoryError) as error:  # torch's out-of-memory is a RuntimeError
+        return {"input": str(path), "status": "failed", "error": f"{path}: upscaling failed ({error})."}
     if not np.isfinite(made).all():
         return {"input": str(path), "status": "failed", "error": f"{path}: the model produced non-finite values."}
-    bits = 16 if (getattr(scan, "bit_depth", None) or (16 if scan.kind == "dicom" else 8)) > 8 else 8
+    bits = scan.bit_depth or (16 if scan.kind == "dicom" else 8)
     atomic_write_bytes(target / f"{key}.png", png_bytes(made, bits))
     record = {"input": str(path), "output": f"{key}.png", "status": "done", "sha256": scan.sha256,
               "size": list(scan.size), "upscaled_size": list(made.shape), "bits": bits,
@@ -157,19 +163,13 @@ def _one(engine: Any, path: Path, key: str, target: Path, seed: int) -> dict[str
 
 
 def png_bytes(pixels: np.ndarray, bits: int) -> bytes:
-    """A gray PNG of ``pixels`` in [0, 1], 8 or 16 bits per pixel."""
-    import io as _io
+    """A gray PNG of ``pixels`` in [0, 1]: 8-bit for an 8-bit input, else 16-bit on the input's own scale with an
+    ``sBIT`` chunk, as ``dva run``'s 16-bit counterfactual (:func:`dva.core.io.png16_bytes`)."""
+    from dva.core import io
 
-    from PIL import Image
-
-    from dva.core.io import png_bytes as eight_bit
-
-    if bits == 8:
-        return eight_bit(pixels)
-    buffer = _io.BytesIO()
-    Image.fromarray((np.clip(pixels, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)).save(buffer, format="PNG",
-                                                                                        compress_level=1)
-    return buffer.getvalue()
+    if bits <= 8:
+        return io.png_bytes(pixels)
+    return io.png16_bytes(io.to_stored_values(pixels, bits), bits)
 
 
 def _write_manifest(target: Path, settings: dict[str, Any], records: list[dict[str, Any]]) -> None:

@@ -72,6 +72,7 @@ class X4Upscaler:
         self.pipeline.to(device)
         self.pipeline.set_progress_bar_config(disable=True)
         self.steps, self.guidance_scale, self.noise_level, self.prompt = steps, guidance_scale, noise_level, prompt
+        self.scale = 4
 
     @torch.no_grad()
     def upscale(self, pixels: np.ndarray, seed: int) -> tuple[np.ndarray, str | None]:
