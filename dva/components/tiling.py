@@ -68,10 +68,12 @@ class TiledUNet:
     def __call__(self, latents: torch.Tensor, t: Any, embeds: torch.Tensor, negative: torch.Tensor | None,
                  guidance_scale: float, control: torch.Tensor | None = None) -> torch.Tensor:
         """The blended noise prediction ``(B, C, h, w)`` (float32) of model inputs ``latents``; ``embeds`` and
-        ``negative`` are ``(B, L, D)`` (``negative`` None: no guidance); ``control`` ``(B, 3, H, W)`` the
-        ControlNet's full-size condition images."""
+        ``negative`` are ``(B, L, D)`` or ``(1, L, D)`` (``negative`` None: no guidance); ``control``
+        ``(B, 3, H, W)`` the ControlNet's full-size condition images."""
         tile, factor = self.tiling.latent_tile, self.tiling.latent_factor
         views = self.views(latents.shape[0], latents.shape[-2], latents.shape[-1])
+        embeds = embeds.expand(latents.shape[0], -1, -1)  # the run's (1, L, D) prompt serves every image
+        negative = None if negative is None else negative.expand(latents.shape[0], -1, -1)
         weights = window(tile).to(latents.device)
         total = torch.zeros(latents.shape, dtype=torch.float32, device=latents.device)
         coverage = torch.zeros(latents.shape[-2:], dtype=torch.float32, device=latents.device)
