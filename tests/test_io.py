@@ -136,6 +136,24 @@ def test_a_png_sbit_chunk_states_the_bit_depth(tmp_path):
     assert "sBIT" in scan.notes[0]
 
 
+def test_samples_scaled_to_16_bits_under_an_sbit_chunk_are_read_as_16_bit_not_clipped(tmp_path):
+    """PNG scales samples to the full 16 bits and sBIT only records the original depth; values above the declared
+    depth can only be such samples, and reading them as 12-bit would clip them to white."""
+    import struct
+    import zlib
+
+    values = np.full((20, 30), 1000 * 16, dtype=np.uint16)
+    values[0, 0] = 4095 * 16
+    data = save(tmp_path / "plain.png", values).read_bytes()
+    body = bytes([12])
+    chunk = struct.pack(">I", 1) + b"sBIT" + body + struct.pack(">I", zlib.crc32(b"sBIT" + body) & 0xFFFFFFFF)
+    path = tmp_path / "scaled.png"
+    path.write_bytes(data[:33] + chunk + data[33:])
+    scan = io.read_scan(path)
+    assert scan.bit_depth == 16 and scan.pixels[3, 3] == pytest.approx(16000 / 65535, abs=1e-6)
+    assert "scaled to 16 bits" in scan.notes[0]
+
+
 def test_rgb_png_becomes_luminance(tmp_path):
     rgb = np.zeros((20, 30, 3), dtype=np.uint8)
     rgb[:, :10] = (255, 0, 0)

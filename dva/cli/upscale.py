@@ -163,13 +163,13 @@ def _one(engine: Any, path: Path, key: str, target: Path, seed: int) -> dict[str
 
 
 def png_bytes(pixels: np.ndarray, bits: int) -> bytes:
-    """A gray PNG of ``pixels`` in [0, 1]: 8-bit for an 8-bit input, else 16-bit on the input's own scale with an
-    ``sBIT`` chunk, as ``dva run``'s 16-bit counterfactual (:func:`dva.core.io.png16_bytes`)."""
+    """A gray PNG of ``pixels`` in [0, 1]: 8-bit for an 8-bit input, else 16-bit on the input's own scale, as
+    ``dva run``'s 16-bit counterfactual (:func:`dva.core.io.png16_bytes`)."""
     from dva.core import io
 
     if bits <= 8:
         return io.png_bytes(pixels)
-    return io.png16_bytes(io.to_stored_values(pixels, bits), bits)
+    return io.png16_bytes(io.to_stored_values(pixels, bits))
 
 
 def _write_manifest(target: Path, settings: dict[str, Any], records: list[dict[str, Any]]) -> None:

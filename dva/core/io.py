@@ -194,13 +194,18 @@ def png_significant_bits(data: bytes) -> int | None:
 def detect_bit_depth(values: np.ndarray, declared: int | None) -> tuple[int, str | None]:
     """The number of bits holding data in 16-bit ``values``, and a note when it was not 16 or was guessed.
 
-    A PNG's sBIT chunk is believed. Otherwise a scan whose largest value fits in 10, 12 or 14 bits is read
-    as such (a 12-bit detector's image stored in a 16-bit file would otherwise look nearly black).
+    A PNG's sBIT chunk is believed, as the depth of values that fit in it; values above it are samples scaled to
+    the full 16 bits, as the PNG specification has them, and are read as 16-bit. Otherwise a scan whose largest
+    value fits in 10, 12 or 14 bits is read as such (a 12-bit detector's image stored in a 16-bit file would
+    otherwise look nearly black).
     """
+    top = int(values.max()) if values.size else 0
     if declared is not None and 1 <= declared <= 16:
+        if top >= 2**declared:
+            return 16, (f"its sBIT chunk says {declared} bits and its values reach {top}: samples scaled to 16 bits, "
+                        "as PNG specifies, read as 16-bit")
         note = None if declared == 16 else f"read as {declared}-bit data (the file's sBIT chunk says so)"
         return declared, note
-    top = int(values.max()) if values.size else 0
     for bits in DETECTED_DEPTHS:
         if top < 2**bits:
             return bits, (f"read as {bits}-bit data stored in a 16-bit file (its largest value is {top}); "
@@ -556,21 +561,18 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def png16_bytes(values: np.ndarray, significant_bits: int = 16) -> bytes:
-    """Encode gray ``(H, W)`` uint16 ``values`` as a 16-bit PNG whose ``sBIT`` chunk says how many bits hold data.
+def png16_bytes(values: np.ndarray) -> bytes:
+    """Encode gray ``(H, W)`` uint16 ``values`` as a 16-bit PNG, the values as they are.
 
-    :func:`read_scan` reads such a file back as the same values on the same scale (it believes ``sBIT``).
-    Pillow writes an ``sBIT`` chunk handed to it in ``pnginfo`` before the image data, where PNG wants it.
+    No ``sBIT`` chunk: PNG wants samples scaled to the full 16 bits under one, and dva writes a scan's own stored
+    values (e.g. 0-4095 for 12-bit data), as the scan's file held them; the depth is in the image's record.
     """
-    from PIL import Image, PngImagePlugin
+    from PIL import Image
 
     if values.dtype != np.uint16 or values.ndim != 2:
         raise ValueError(f"png16_bytes takes gray uint16 values, not {values.dtype} of shape {values.shape}")
-    info = PngImagePlugin.PngInfo()
-    if significant_bits < 16:
-        info.add(b"sBIT", bytes([significant_bits]))
     buffer = _io.BytesIO()
-    Image.fromarray(values).save(buffer, format="PNG", compress_level=PNG_LEVEL, pnginfo=info)
+    Image.fromarray(values).save(buffer, format="PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()
 
 

@@ -73,6 +73,8 @@ class ImageJob:
             found["warnings"] = list(self.warnings)
         if self.score is not None:
             found["score"] = self.score
+        if self.bit_depth is not None and self.bit_depth > 8:
+            found["bit_depth"] = self.bit_depth  # the scale of fullsize/counterfactual-16bit.png's values
         return found
 
 

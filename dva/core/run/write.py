@@ -73,8 +73,7 @@ def write_outputs(folder: Path, job: ImageJob, generated: Generated, calibration
                                                                         calibration_module.HEATMAP_SCALE)
     encoded = {name: io.png_bytes(array) for name, array in files.items()}
     if job.bit_depth is not None and job.bit_depth > 8:
-        encoded[COUNTERFACTUAL_16BIT] = io.png16_bytes(io.to_stored_values(maps.full_counterfactual, job.bit_depth),
-                                                       job.bit_depth)
+        encoded[COUNTERFACTUAL_16BIT] = io.png16_bytes(io.to_stored_values(maps.full_counterfactual, job.bit_depth))
     encoded["attribution.safetensors"] = tensor_file(job, generated, maps, spread)
     written: dict[str, dict[str, Any]] = {}
     for name, data in encoded.items():
