@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             console.print(f"  {image}: {score:.2f}")
     console.print(f"[bold]Report:[/] {(out / 'report.html').resolve()}", highlight=False)
     console.print(dicom_line(out / "dicom-input", samples, dva), highlight=False, soft_wrap=True)
-    console.print(vae_check_line(), highlight=False, soft_wrap=True)
+    check_vae(out / "check-vae", dva)
 
 
 def dicom_line(folder: Path, samples: Path, dva) -> str:
@@ -112,23 +112,16 @@ def dicom_line(folder: Path, samples: Path, dva) -> str:
             f"{'each a new series in the input' + chr(39) + 's study' if same else 'NOT in the input' + chr(39) + 's study'}.")
 
 
-def vae_check_line() -> str:
-    """``dva check-vae``'s verdict for the bundled model's VAE on the bundled phantoms and real X-rays (no files
-    written): the phantoms pass, the real radiographs fail, as a VAE trained on phantoms only should."""
-    import torch
-
-    from dva.core.io import collect_inputs
-    from dva.evaluate.vae_check import check_images, load_vae, locate_vae, vae_resolution
-    from dva.evaluate.vae_report import verdict_line
-
+def check_vae(folder: Path, dva) -> None:
+    """``dva check-vae`` of the bundled model's VAE on the bundled phantoms and real X-rays into ``folder``: the
+    phantoms pass, the real radiographs fail, as a VAE trained on phantoms only should."""
     samples = Path(str(resources.files("dva") / "samples"))
     folders = [samples / "phantoms" / "images", samples / "cxr-nih-sample" / "images", samples / "cxr-covid-sample" / "images"]
-    files, _ = collect_inputs(folders)
-    source = locate_vae(None)
-    vae = load_vae(source, torch.device("cpu"), torch.float32)
-    result = check_images(files, vae, vae_resolution(source, vae, None))
-    shown = [folder.relative_to(Path.cwd()) if folder.is_relative_to(Path.cwd()) else folder for folder in folders]
-    return f"{verdict_line(result)}. Tables and the worst cases: dva check-vae {' '.join(map(str, shown))}"
+    try:
+        dva(["check-vae", "--out", str(folder), *map(str, folders)])
+    except SystemExit as exit:
+        if exit.code:
+            raise
 
 
 def image_scores(out: Path) -> list[tuple[str, float]]:
