@@ -16,7 +16,7 @@ strength, guidance, reference and number of samples, what the maps are worth for
 
 Coarse to fine: ``--plan sweep`` measures the whole grid on one seed; ``--plan confirm --from SWEEP.json``
 re-measures the best settings at most ``BUDGET`` evaluations, the best at any cost, the ``tiny-phantom``
-entry's and the thesis' on another seed. Results are written after every setting, and a rerun with the same
+entry's former setting (``FORMER_ENTRY``) and the thesis' on another seed. Results are written after every setting, and a rerun with the same
 ``--json`` skips what that file already holds, so a killed run keeps what it measured.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_evaluations.py --plan sweep --seed 6174 \\
@@ -207,12 +207,19 @@ def report(rows: list[dict], settings: dict) -> None:
     print_table(frontier(rows), "The frontier: no setting measured here is better for as few evaluations:", best)
 
 
-def previous_rows(path: Path | None, seed: int) -> list[dict]:
-    """What an earlier, interrupted run with the same output file and seed already measured."""
+def previous_rows(path: Path | None, settings: dict) -> list[dict]:
+    """What an earlier, interrupted run into the same output file already measured; exits (status 2) with one
+    sentence when that file holds results of other settings (seed, phantoms, model), which it would overwrite
+    or mix with these."""
     if path is None or not path.is_file():
         return []
     payload = json.loads(path.read_text())
-    return payload["rows"] if payload.get("settings", {}).get("seed") == seed else []
+    theirs = {k: v for k, v in payload.get("settings", {}).items() if k != "plan"}
+    ours = {k: v for k, v in settings.items() if k != "plan"}
+    if theirs != ours:
+        differ = ", ".join(sorted(k for k in {*theirs, *ours} if theirs.get(k) != ours.get(k)))
+        raise SystemExit(f"--json {path} holds results measured with other settings ({differ}); pass another --json.")
+    return payload["rows"]
 
 
 def model_size(base: dict, catalogue: Any) -> int:
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     size = model_size(base, catalogue)
     settings = {"entry": ENTRY, "model": args.model or f"the {ENTRY} entry's (the bundled tiny model)", "n": n,
                 "seed": seed, "plan": "quick" if args.quick else args.plan, "size": size}
-    rows = previous_rows(args.json, seed)
+    rows = previous_rows(args.json, settings)
     done = {r["setting"] for r in rows}
     load_before, started = load_average(), time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:

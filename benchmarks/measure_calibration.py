@@ -1,7 +1,7 @@
 """Raw against calibrated maps of the bundled model on a fresh phantom set, in one command (docs/benchmarks.md,
 "Calibrated maps").
 
-    OMP_NUM_THREADS=1 python benchmarks/measure_calibration.py --seed S [--steps 12] [--n 10] [--ablation]
+    OMP_NUM_THREADS=1 python benchmarks/measure_calibration.py --seed S [--steps N] [--n 10] [--ablation]
 
 It copies the bundled model (less its calibration) to a temporary folder, calibrates the copy with
 ``dva calibrate --entry tiny-phantom`` on its own healthy training phantoms (Normal 1 to ``--calibration-images``

@@ -60,3 +60,13 @@ def test_the_frontier_keeps_only_settings_nothing_beats_for_as_few_evaluations()
             for name, cost, quality in (("a", 4, 0.3), ("b", 8, 0.2), ("c", 16, 0.5), ("d", 128, 0.45))]
     rows.append({"setting": "c, calibrated", "evaluations": 16, "auprc": 0.9, "calibrated": True})
     assert [row["setting"] for row in frontier(rows)] == ["a", "c"]
+
+
+def test_results_of_other_settings_in_the_output_file_are_refused_not_overwritten(tmp_path):
+    from bench_evaluations import previous_rows
+
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"settings": {"seed": 6174, "n": 10, "plan": "sweep"}, "rows": [{"setting": "a"}]}))
+    assert previous_rows(path, {"seed": 6174, "n": 10, "plan": "confirm"}) == [{"setting": "a"}]
+    with pytest.raises(SystemExit, match="other settings \\(seed\\)"):
+        previous_rows(path, {"seed": 1729, "n": 10, "plan": "confirm"})
