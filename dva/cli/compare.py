@@ -145,7 +145,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     from dva.core.modality import walk_for_any_modality
     from dva.core.plugins import get_catalogue
     from dva.datasets.layouts import open_dataset
-    from dva.evaluate.compare import (check_rank_by, check_region_masks, comparison_table, grid, image_score_method,
+    from dva.evaluate.compare import (check_masks_given, check_rank_by, comparison_table, grid, image_score_method,
                                       ranks, resolve_all, run_all)
     from dva.evaluate.evaluation import Settings
     from dva.evaluate.figures import contact_sheet_html, contact_sheet_png, measures_html, plots
@@ -159,7 +159,7 @@ def compare(inputs: tuple[str, ...], encoders: str | None, encoder_option: tuple
     combinations = grid(encoder_names, _names(priors, "--priors"), _names(schedulers, "--schedulers"),
                         strength_values, _numbers(guidance_scales, "--guidance-scale"))
     recipes = resolve_all(combinations, entry, registries, catalogue, merged_flags(RUN_SETTINGS, common), options)
-    check_region_masks(recipes, mask)
+    check_masks_given(recipes, catalogue, mask)
     if strict:
         from dva.core.runtime import require_trained_encoder
 

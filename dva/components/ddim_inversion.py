@@ -58,11 +58,11 @@ class DDIMInversionPrior:
         # the latents before each inversion step).
         self._last: tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, list[torch.Tensor]] | None = None
 
-
     @property
     def needs_mask(self) -> str | None:
         """Why every image needs a lung mask for this prior (a lung-zone region), else None."""
         return self.region.needs_mask
+
     def load(self, parts: ModelParts) -> None:
         """DDIM and its inverse built from the model's scheduler config (whatever ``--scheduler`` says:
         DDIM is the sampler whose steps the inversion undoes)."""

@@ -52,11 +52,11 @@ class SDEditPrior:
         self.region = Region(region)
         self.pipeline: Any = None
 
-
     @property
     def needs_mask(self) -> str | None:
         """Why every image needs a lung mask for this prior (a lung-zone region), else None."""
         return self.region.needs_mask
+
     def load(self, parts: ModelParts) -> None:
         from diffusers import StableDiffusionImg2ImgPipeline
 

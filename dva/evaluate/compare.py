@@ -46,18 +46,13 @@ def check_rank_by(measure: str | None, real: str | None) -> None:
         raise ConfigError(f"--rank-by {measure} needs the labelled dataset the inputs come from; give it with --real.")
 
 
-def check_region_masks(recipes: list[Any], mask: str | None) -> None:
-    """``--region`` naming a lung zone is cut from each input's lung mask: without ``--mask`` it is refused before
-    anything runs (as ``dva run`` does), not failed combination by combination."""
-    if mask is not None:
-        return
-    from dva.components.regions import Region
+def check_masks_given(recipes: list[Any], catalogue: Any, mask: str | None) -> None:
+    """Every combination whose prior needs a lung mask (a lung-zone ``--region``) is refused without ``--mask``
+    before anything runs (as ``dva run`` refuses it), not failed combination by combination."""
+    from dva.core.run.plan import check_mask_given
 
     for recipe in recipes:
-        region = (getattr(recipe, "prior_options", None) or {}).get("region")
-        why = Region(region).needs_mask if isinstance(region, str) and region else None
-        if why:
-            raise ConfigError(f"{why}, which needs --mask (a lung mask per input, or a folder of them).")
+        check_mask_given(recipe, catalogue, mask)
 
 
 @dataclass(frozen=True)

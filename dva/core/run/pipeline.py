@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from dva.core.calibration import Calibration, for_run
-from dva.core.errors import ConfigError, InputError
+from dva.core.errors import InputError
 from dva.core.io import InputWalk
 from dva.core.prefetch import prefetched
 from dva.core.registry import Recipe
@@ -50,9 +50,7 @@ def run(
     plan = plan_run(recipe, inputs, out, catalogue, mask)  # every check that needs no model, before one loads
     with holding_output_folder(plan):
         runtime = assemble(recipe, catalogue)
-        mask_needed = getattr(runtime.prior, "needs_mask", None)
-        if mask_needed and mask is None:
-            raise ConfigError(f"{mask_needed}, which needs --mask (a lung mask per input, or a folder of them).")
+        mask_needed = getattr(runtime.prior, "needs_mask", None)  # --mask was checked given (plan_run)
         events.loaded(runtime)
         sampler = Sampler(runtime, recipe)
         header = describe_run(recipe, runtime, plan.shard.count)

@@ -54,6 +54,7 @@ def plan_run(recipe: Recipe, inputs: list[str] | io.InputWalk, out: Path, catalo
         raise ConfigError(MISSING_MASK.format(mask=mask))
     check_samples(recipe, catalogue)
     check_tiling(recipe, catalogue)
+    check_mask_given(recipe, catalogue, mask)
     shard = current_shard(recipe.device)
     keys = output_keys(files, extensions)
     outputs.refuse_inputs_in_outputs(files, out, keys)
@@ -69,6 +70,17 @@ def check_samples(recipe: Recipe, catalogue: Any) -> None:
             f"--samples {recipe.samples}: the prior '{recipe.prior}' is deterministic, so every sample would be the "
             "same; drop --samples or use a stochastic prior such as sdedit."
         )
+
+
+def check_mask_given(recipe: Recipe, catalogue: Any, mask: str | None) -> None:
+    """A prior that needs a lung mask for every image (its ``needs_mask``: a lung-zone ``--region``) is refused
+    without ``--mask`` before any model loads (the prior is made, not loaded)."""
+    if mask is not None:
+        return
+    prior = catalogue.get("prior", recipe.prior).create(**(recipe.prior_options or {}))
+    why = getattr(prior, "needs_mask", None)
+    if why:
+        raise ConfigError(f"{why}, which needs --mask (a lung mask per input, or a folder of them).")
 
 
 def check_tiling(recipe: Recipe, catalogue: Any) -> None:
